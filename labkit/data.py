@@ -1,0 +1,301 @@
+"""Datasets as device-resident tensors.
+
+`load(name)` returns `Splits(train, dev, test)`: every split is a pair of tensors on one
+device, so a training step draws a batch by indexing, with no DataLoader and no workers.
+torchvision does the download, checksums and parsing of the image datasets; the bundled
+Penn Treebank text is read here (torchvision has no text datasets).
+
+The data root is the `LABKIT_DATA` environment variable, else `data/` at the repository root.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+IMAGE_DATASETS = ("mnist", "cifar10", "cifar100")
+TEXT_DATASETS = ("ptb",)
+KNOWN_DATASETS = IMAGE_DATASETS + TEXT_DATASETS
+
+# Per-channel statistics of each training set, for normalisation.
+_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_MNIST_CLASSES = tuple(str(d) for d in range(10))
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def data_root() -> Path:
+    """The folder datasets are read from and downloaded to."""
+    env = os.environ.get("LABKIT_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+@dataclass
+class Split:
+    """One split: inputs `x` [N, *in_shape] float32 and labels `y` [N] int64, on one device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+    def __getitem__(self, index: torch.Tensor | slice) -> "Split":
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass
+class Splits:
+    """train / dev / test of one dataset, on one device.
+
+    `dev` is carved from the training set with a seed; `test` is the dataset's own test set
+    and is touched only to report.
+    """
+
+    train: Split
+    dev: Split
+    test: Split
+    name: str
+    in_shape: tuple[int, ...]
+    num_classes: int
+    classes: tuple[str, ...] = ()
+    augment: bool = False  # CIFAR: pad-crop and flip, applied batch by batch on the device
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.x.device
+
+    def to(self, device: torch.device | str) -> "Splits":
+        return Splits(self.train.to(device), self.dev.to(device), self.test.to(device), self.name,
+                      self.in_shape, self.num_classes, self.classes, self.augment)
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}={value!r} is not allowed: it must be an integer {allowed}")
+
+
+def _carve_dev(x: torch.Tensor, y: torch.Tensor, dev_size: int, seed: int) -> tuple[Split, Split]:
+    _check_int("dev_size", dev_size, 0, len(y) - 1)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    dev_idx, train_idx = order[:dev_size], order[dev_size:]
+    return Split(x[train_idx], y[train_idx]), Split(x[dev_idx], y[dev_idx])
+
+
+def from_tensors(x: torch.Tensor, y: torch.Tensor, *, dev_size: int, test: tuple[torch.Tensor, torch.Tensor],
+                 seed: int = 0, device: str | torch.device = "cpu", name: str = "custom",
+                 num_classes: int | None = None, classes: Sequence[str] = (), augment: bool = False) -> Splits:
+    """Bring your own data: `x` [N, ...] float, `y` [N] int labels in [0, C); `test` = (x_test, y_test).
+
+    A seeded dev split of `dev_size` examples is carved from (x, y), as `load` does.
+    """
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    x_test, y_test = (torch.as_tensor(t) for t in test)
+    if x.shape[0] != y.shape[0] or x_test.shape[0] != y_test.shape[0]:
+        raise ValueError(f"x and y must have the same length: got {x.shape[0]} and {y.shape[0]} "
+                         f"(test: {x_test.shape[0]} and {y_test.shape[0]})")
+    if x.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"test inputs have shape {tuple(x_test.shape[1:])}, train inputs {tuple(x.shape[1:])}: they must match")
+    y, y_test = y.long(), y_test.long()
+    num_classes = num_classes or int(max(y.max(), y_test.max())) + 1
+    train, dev = _carve_dev(x.float(), y, dev_size, seed)
+    device = resolve_device(device)
+    return Splits(train.to(device), dev.to(device), Split(x_test.float(), y_test).to(device), name,
+                  tuple(x.shape[1:]), num_classes, tuple(classes) or tuple(str(c) for c in range(num_classes)), augment)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`"auto"` (or None) picks CUDA when present, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r} is not a device: use 'auto', 'cpu', 'cuda' or 'cuda:N'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available: use 'auto' or 'cpu'")
+    return device
+
+
+def _mnist_files(cls) -> list[str]:
+    return [Path(url).name for url, _ in cls.resources]
+
+
+def _readonly_mirror(root: Path, folder: str) -> Path:
+    """torchvision extracts the .gz archives beside themselves; a read-only root (a shared
+    data folder) gets a writable mirror of links, so torchvision still checks the MD5s and parses."""
+    mirror = Path(tempfile.gettempdir()) / "labkit-data" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    src, dst = root / folder / "raw", mirror / folder / "raw"
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if not (dst / f.name).exists():
+            (dst / f.name).symlink_to(f.resolve())
+    return mirror
+
+
+def _torchvision_images(name: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
+    if name == "mnist":
+        expected, folder = _mnist_files(cls), root / "MNIST" / "raw"
+        if folder.is_dir() and not os.access(folder, os.W_OK) and any(folder.glob("*.gz")):
+            root = _readonly_mirror(root, "MNIST")
+    else:
+        expected, folder = [cls.filename], root
+    try:
+        sets = [cls(str(root), train=train, download=False) for train in (True, False)]
+    except RuntimeError:
+        if not download:
+            raise FileNotFoundError(f"{name}: no dataset files in {folder}; expected {', '.join(expected)} "
+                                    f"(set LABKIT_DATA to the folder that holds them, or pass download=True)") from None
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            sets = [cls(str(root), train=train, download=True) for train in (True, False)]
+        except Exception as err:  # no network, a refused mirror, a bad checksum
+            raise FileNotFoundError(
+                f"{name}: could not find or download the dataset into {folder} ({type(err).__name__}: {err}). "
+                f"With no network, put these files there: {', '.join(expected)}; "
+                f"or set LABKIT_DATA to a folder that holds them") from None
+    return sets
+
+
+def _to_tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(ds.data)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # -> [N, C, H, W]
+    return x, torch.as_tensor(ds.targets, dtype=torch.long)
+
+
+def load(name: str, *, dev_size: int = 5000, seed: int = 0, device: str | torch.device = "cpu",
+         root: str | Path | None = None, download: bool = True, train_size: int | None = None,
+         augment: bool | None = None) -> "Splits | TextSplits":
+    """Load a dataset as tensors on `device`.
+
+    name: one of `KNOWN_DATASETS`. Images come back normalised, [N, C, H, W] float32.
+    dev_size: examples carved from the training set (seeded by `seed`) for the dev split.
+    train_size: keep only the first `train_size` training examples after the dev split (for quick runs).
+    augment: CIFAR pad-crop and flip during training (default: on for CIFAR, off for MNIST).
+    `ptb` returns `TextSplits` (token streams); `dev_size`, `train_size`, `augment` do not apply to it.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in KNOWN_DATASETS:
+        raise ValueError(f"name={name!r} is not a known dataset: choose one of {', '.join(KNOWN_DATASETS)}")
+    root = Path(root).expanduser() if root is not None else data_root()
+    device = resolve_device(device)
+    if key == "ptb":
+        return load_ptb(root=root, device=device)
+    train_set, test_set = _torchvision_images(key, root, download)
+    x, y = _to_tensors(train_set)
+    x_test, y_test = _to_tensors(test_set)
+    mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _STATS[key])
+    x = (x.float() / 255 - mean) / std
+    x_test = (x_test.float() / 255 - mean) / std
+    train, dev = _carve_dev(x, y, dev_size, seed)
+    if train_size is not None:
+        _check_int("train_size", train_size, 1, len(train))
+        train = train[:train_size]
+    classes = _MNIST_CLASSES if key == "mnist" else tuple(getattr(train_set, "classes", ())) or _CIFAR10_CLASSES
+    return Splits(train.to(device), dev.to(device), Split(x_test, y_test).to(device), key, tuple(x.shape[1:]),
+                  len(classes), classes, augment if augment is not None else key != "mnist")
+
+
+def batches(n: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
+            start: int = 0) -> Iterator[torch.Tensor]:
+    """Endless stream of index batches [batch_size] (int64, on `device`), one permutation per epoch.
+
+    Epoch e's permutation is a pure function of (seed, e), so a run resumed at batch `start`
+    sees exactly the batches the uninterrupted run would have seen. The last partial batch is dropped.
+    """
+    _check_int("batch_size", batch_size, 1, n)
+    per_epoch = n // batch_size
+    epoch, offset = divmod(start, per_epoch)
+    generator = torch.Generator(device=device)
+    while True:
+        generator.manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(n, generator=generator, device=device)
+        for i in range(offset, per_epoch):
+            yield order[i * batch_size:(i + 1) * batch_size]
+        epoch, offset = epoch + 1, 0
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """CIFAR augmentation on a whole batch at once, on its device: random crop after zero padding
+    by `pad` pixels, and a random horizontal flip. x: [B, C, H, W] -> [B, C, H, W]."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # [B, H]
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # [B, W]
+    flip = torch.rand(b, generator=generator, device=generator.device).to(x.device) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------- text (Penn Treebank)
+
+@dataclass
+class TextSplits:
+    """A word-level corpus: token-id streams train / dev / test ([N] int64 on one device) and its vocabulary."""
+
+    train: torch.Tensor
+    dev: torch.Tensor
+    test: torch.Tensor
+    vocab: list[str] = field(default_factory=list)
+    name: str = "ptb"
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.vocab)
+
+
+PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+
+
+def load_ptb(root: str | Path | None = None, device: str | torch.device = "cpu") -> TextSplits:
+    """Penn Treebank (Mikolov's word-level version) from `<root>/ptb/`; each line ends with `<eos>`."""
+    folder = Path(root if root is not None else data_root()) / "ptb"
+    missing = [f for f in PTB_FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"ptb: missing {', '.join(missing)} in {folder}; put the Penn Treebank text files "
+                                f"{', '.join(PTB_FILES)} there, or set LABKIT_DATA to a folder whose ptb/ holds them")
+    words = [(folder / f).read_text().replace("\n", " <eos> ").split() for f in PTB_FILES]
+    vocab = sorted(set(words[0]))
+    index = {w: i for i, w in enumerate(vocab)}
+    unknown = set(words[1] + words[2]) - index.keys()
+    if unknown:
+        raise ValueError(f"ptb: dev/test hold words not in the training vocabulary, e.g. {sorted(unknown)[:5]}")
+    streams = [torch.tensor([index[w] for w in ws], dtype=torch.long, device=resolve_device(device)) for ws in words]
+    return TextSplits(*streams, vocab=vocab)
+
+
+def batchify(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """[N] token stream -> [N // batch_size, batch_size]: each column a contiguous slice of the text."""
+    _check_int("batch_size", batch_size, 1, len(tokens))
+    n = len(tokens) // batch_size
+    return tokens[: n * batch_size].view(batch_size, n).t().contiguous()
+
+
+def bptt_windows(stream: torch.Tensor, bptt: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Over a batchified stream [L, B]: (input [bptt, B], target [bptt, B]) windows from row `start` on."""
+    _check_int("bptt", bptt, 1)
+    for i in range(start, stream.size(0) - 1, bptt):
+        n = min(bptt, stream.size(0) - 1 - i)
+        yield stream[i:i + n], stream[i + 1:i + 1 + n]
+

@@ -1,0 +1,144 @@
+"""Trace: the one record every run writes and every view reads.
+
+A Trace holds
+- `config`: the run's parameters (JSON-able),
+- scalars: named series of (step, value), e.g. "loss", "dev_acc",
+- arrays: named series of (step, ndarray), e.g. "phi" [C, C] per step, "keep_mask" [B] per step,
+- `metrics`: the final numbers, and `messages`: what went wrong or was skipped, in words.
+
+`save(dir)` writes one file, `trace.npz`, atomically; `Trace.load(dir)` reads it back exactly.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+TRACE_FILE = "trace.npz"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write (used for metrics.json)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return np.asarray(value).tolist()
+    if isinstance(value, (Path, torch.device)):
+        return str(value)
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.dtype == torch.bfloat16:
+            value = value.float()
+        return value.cpu().numpy()
+    return np.asarray(value)
+
+
+@dataclass
+class Trace:
+    config: dict = field(default_factory=dict)
+    scalars: dict[str, dict[str, list]] = field(default_factory=dict)  # name -> {"step": [...], "value": [...]}
+    arrays: dict[str, dict[str, list]] = field(default_factory=dict)   # name -> {"step": [...], "value": [ndarray]}
+    metrics: dict = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ writing
+    def log(self, step: int, **values: float) -> None:
+        """Record scalars at `step`: trace.log(100, loss=0.3, dev_acc=0.97)."""
+        for name, value in values.items():
+            series = self.scalars.setdefault(name, {"step": [], "value": []})
+            series["step"].append(int(step))
+            series["value"].append(float(value))
+
+    def log_series(self, name: str, steps, values) -> None:
+        """Record a whole scalar series at once (e.g. per-step losses kept as a tensor during training)."""
+        series = self.scalars.setdefault(name, {"step": [], "value": []})
+        series["step"].extend(int(s) for s in _to_numpy(steps).ravel())
+        series["value"].extend(float(v) for v in _to_numpy(values).ravel())
+
+    def log_array(self, step: int, **arrays: Any) -> None:
+        """Record arrays at `step`: trace.log_array(t, phi=phi_t) with phi_t [C, C]."""
+        for name, value in arrays.items():
+            series = self.arrays.setdefault(name, {"step": [], "value": []})
+            series["step"].append(int(step))
+            series["value"].append(_to_numpy(value).copy())
+
+    def note(self, message: str) -> None:
+        """Record, in words, something a reader must know (a skipped update, a diverged episode)."""
+        self.messages.append(str(message))
+
+    # ------------------------------------------------------------------ reading
+    def series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps [T] int64, values [T] float64) of a scalar series."""
+        if name not in self.scalars:
+            raise KeyError(f"no scalar {name!r} in this trace; it has {sorted(self.scalars)}")
+        s = self.scalars[name]
+        return np.asarray(s["step"], dtype=np.int64), np.asarray(s["value"], dtype=np.float64)
+
+    def stack(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps [T], values [T, ...]) of an array series whose entries share one shape."""
+        if name not in self.arrays:
+            raise KeyError(f"no array {name!r} in this trace; it has {sorted(self.arrays)}")
+        s = self.arrays[name]
+        return np.asarray(s["step"], dtype=np.int64), np.stack(s["value"]) if s["value"] else np.empty((0,))
+
+    def last(self, name: str) -> float:
+        return self.scalars[name]["value"][-1]
+
+    # ------------------------------------------------------------------ files
+    def save(self, directory: str | Path) -> Path:
+        """Write `<directory>/trace.npz` atomically; returns its path."""
+        meta = {"config": self.config, "metrics": self.metrics, "messages": self.messages, "scalars": self.scalars,
+                "arrays": {name: {"step": s["step"], "count": len(s["value"])} for name, s in self.arrays.items()}}
+        payload = {"__meta__": np.frombuffer(json.dumps(meta, default=_jsonable).encode(), dtype=np.uint8)}
+        for name, s in self.arrays.items():
+            for i, value in enumerate(s["value"]):
+                payload[f"{name}/{i}"] = value
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **payload)
+        path = Path(directory) / TRACE_FILE
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Trace":
+        path = Path(directory)
+        path = path if path.suffix == ".npz" else path / TRACE_FILE
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["__meta__"].tobytes().decode())
+            arrays = {name: {"step": s["step"], "value": [z[f"{name}/{i}"] for i in range(s["count"])]}
+                      for name, s in meta["arrays"].items()}
+        return cls(config=meta["config"], scalars=meta["scalars"], arrays=arrays,
+                   metrics=meta["metrics"], messages=meta["messages"])

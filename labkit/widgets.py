@@ -1,0 +1,71 @@
+"""ipywidgets scrubbers for a live kernel: the only module that imports ipywidgets.
+
+The saved-notebook versions (animation frames, no kernel) are in `plots.py`; these update a
+`go.FigureWidget` in place as the slider moves, which needs a running kernel.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import ipywidgets as W
+import numpy as np
+import plotly.graph_objects as go
+
+from .plots import color_range
+
+
+def live() -> bool:
+    """True in an interactive kernel. False in plain Python, and when `LABKIT_STATIC` or `CI` is set
+    (headless runs: a saved FigureWidget would embed the 5 MB plotly bundle in every output)."""
+    if os.environ.get("LABKIT_STATIC") or os.environ.get("CI"):
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class HeatmapScrubber:
+    """A Play button and a step slider driving a heatmap FigureWidget over values [T, R, C].
+
+    `.slider` (IntSlider over frame indices), `.play`, `.figure` (FigureWidget), `.widget` (display this).
+    Setting `slider.value = i` shows step `steps[i]`.
+    """
+
+    def __init__(self, steps: Sequence[int], values: np.ndarray, *, x_labels: Sequence[str] | None = None,
+                 y_labels: Sequence[str] | None = None, title: str = "", x_title: str = "", y_title: str = "",
+                 colorscale: str = "Viridis", symmetric: bool = False, interval_ms: int = 200):
+        self.steps = np.asarray(steps)
+        self.values = np.asarray(values, dtype=float)
+        if self.values.ndim != 3 or len(self.values) != len(self.steps) or len(self.steps) == 0:
+            raise ValueError(f"values must be [T, R, C] with T = len(steps) > 0; got shape {self.values.shape} "
+                             f"and {len(self.steps)} steps")
+        zmin, zmax = color_range(self.values, symmetric)
+        x_labels = list(x_labels) if x_labels is not None else list(range(self.values.shape[2]))
+        y_labels = list(y_labels) if y_labels is not None else list(range(self.values.shape[1]))
+        last = len(self.steps) - 1
+        self.figure = go.FigureWidget(
+            data=[go.Heatmap(z=self.values[last], x=x_labels, y=y_labels, zmin=zmin, zmax=zmax, colorscale=colorscale)],
+            layout=dict(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white",
+                        xaxis=dict(type="category"), yaxis=dict(type="category", autorange="reversed")))
+        self.slider = W.IntSlider(value=last, min=0, max=last, description="frame", continuous_update=True,
+                                  readout=False)
+        self.label = W.Label(f"step {int(self.steps[last])}")
+        self.play = W.Play(value=last, min=0, max=last, interval=interval_ms, description="Play")
+        W.jslink((self.play, "value"), (self.slider, "value"))
+        self.slider.observe(self._show, names="value")
+        self.widget = W.VBox([W.HBox([self.play, self.slider, self.label]), self.figure])
+
+    def _show(self, change: dict) -> None:
+        i = int(change["new"])
+        with self.figure.batch_update():
+            self.figure.data[0].z = self.values[i]
+        self.label.value = f"step {int(self.steps[i])}"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
