@@ -135,9 +135,10 @@ def _mnist_files(cls) -> list[str]:
     return [Path(url).name for url, _ in cls.resources]
 
 
-def _readonly_mirror(root: Path, folder: str) -> Path:
-    """torchvision extracts the .gz archives beside themselves; a read-only root (a shared
-    data folder) gets a writable mirror of links, so torchvision still checks the MD5s and parses."""
+def _archive_mirror(root: Path, folder: str) -> Path:
+    """torchvision extracts .gz archives beside themselves. A folder that holds only the archives (a
+    shared, possibly read-only bundle) is mirrored by links in the temp folder instead, so torchvision
+    checks the MD5s and extracts there and the user's folder is left as it was."""
     mirror = Path(tempfile.gettempdir()) / "labkit-data" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
     src, dst = root / folder / "raw", mirror / folder / "raw"
     dst.mkdir(parents=True, exist_ok=True)
@@ -153,8 +154,9 @@ def _torchvision_images(name: str, root: Path, download: bool):
     cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
     if name == "mnist":
         expected, folder = _mnist_files(cls), root / "MNIST" / "raw"
-        if folder.is_dir() and not os.access(folder, os.W_OK) and any(folder.glob("*.gz")):
-            root = _readonly_mirror(root, "MNIST")
+        extracted = all((folder / Path(f).stem).is_file() for f in expected)
+        if folder.is_dir() and not extracted and any(folder.glob("*.gz")):
+            root = _archive_mirror(root, "MNIST")
     else:
         expected, folder = [cls.filename], root
     try:

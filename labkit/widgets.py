@@ -69,3 +69,54 @@ class HeatmapScrubber:
         from IPython.display import display
 
         display(self.widget)
+
+
+# ---- l2t ----
+
+class KeepDropScrubber:
+    """Live keep/drop scrubber over an L2T deployment trace recorded with record=True.
+
+    A Play button and a step slider; the figure shows the first `n_images` examples shown to the teacher at
+    that student step (green frame = kept, red frame and faded = dropped) with p(keep) under each.
+    `.slider` (IntSlider over recorded steps), `.play`, `.figure` (FigureWidget), `.widget` (display this).
+    images: [N, C, H, W] inputs of the split the trace's "index" arrays point into.
+    """
+
+    def __init__(self, trace, images, *, n_images: int = 16, cols: int = 8, classes: Sequence[str] | None = None,
+                 title: str = "What the teacher keeps and drops", interval_ms: int = 400):
+        from .plots import _scaled_images, l2t_keep_frame
+
+        if "index" not in trace.arrays or not trace.arrays["index"]["value"]:
+            raise ValueError("trace has no recorded keep/drop arrays: deploy(..., record=True) records them")
+        self._frame = lambda i: l2t_keep_frame(trace, self.images, i, n_images, cols, classes)
+        self.trace, self.images = trace, _scaled_images(images)
+        self.steps = np.asarray(trace.arrays["index"]["step"])
+        uri, text = self._frame(0)
+        self.figure = go.FigureWidget(
+            data=[go.Image(source=uri, hoverinfo="skip"),
+                  go.Scatter(mode="text", textfont=dict(size=10), hoverinfo="text", **text)],
+            layout=dict(title=title + "<br><sup>green frame: kept · red frame, faded: dropped · number: p(keep)</sup>",
+                        template="plotly_white", xaxis=dict(visible=False),
+                        yaxis=dict(visible=False, scaleanchor="x"), showlegend=False, height=360,
+                        margin=dict(l=10, r=10, t=70, b=10)))
+        last = len(self.steps) - 1
+        self.slider = W.IntSlider(value=0, min=0, max=last, description="frame", continuous_update=True, readout=False)
+        self.label = W.Label(f"student step {int(self.steps[0])}")
+        self.play = W.Play(value=0, min=0, max=last, interval=interval_ms, description="Play")
+        W.jslink((self.play, "value"), (self.slider, "value"))
+        self.slider.observe(self._show, names="value")
+        self.widget = W.VBox([W.HBox([self.play, self.slider, self.label]), self.figure])
+
+    def _show(self, change: dict) -> None:
+        i = int(change["new"])
+        uri, text = self._frame(i)
+        with self.figure.batch_update():
+            self.figure.data[0].source = uri
+            for key, value in text.items():
+                setattr(self.figure.data[1], key, value)
+        self.label.value = f"student step {int(self.steps[i])}"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)

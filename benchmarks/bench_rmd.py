@@ -1,0 +1,139 @@
+"""Cost of one L2T-DLF teacher update (exact RMD through K student steps) against K plain SGD steps.
+
+For K = 10, 50, 200 (default) and both modes of `labkit.meta.sgd_meta_grad`:
+- time: one teacher update (K differentiable or snapshotted steps + the dev surrogate + the reverse sweep),
+  as a ratio to K plain `torch.optim.SGD` cross-entropy steps of the same student on the same batches;
+- memory: the peak bytes of tensors that autograd keeps for backward, measured live with
+  `torch.autograd.graph.saved_tensors_hooks` (a storage counted once while any saved reference to it lives),
+  plus, for "snapshot", the K stored (w_t, v_t) pairs (K·2P·4 bytes, counted exactly). tracemalloc does not
+  see torch's CPU allocations, so it is not used. On CUDA, torch.cuda.max_memory_allocated is printed too.
+
+Run: python benchmarks/bench_rmd.py [--ks 10 50 200] [--model mlp] [--batch 64] [--device cpu]
+The student is the MNIST MLP 784-500-10 on random MNIST-shaped inputs (timing does not depend on the data).
+On a shared CPU the times are inflated by other processes; the ratios are what to read.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from labkit import dlf, meta
+from labkit.models import build
+
+
+class _Live:
+    """Live bytes of tensors saved for backward (deduplicated by storage), and their peak."""
+
+    def __init__(self):
+        self.refs: dict[int, list[int]] = {}  # storage ptr -> [bytes, count]
+        self.live = self.peak = 0
+
+    def pack(self, t: torch.Tensor):
+        key, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+        entry = self.refs.setdefault(key, [nbytes, 0])
+        if entry[1] == 0:
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+        entry[1] += 1
+        holder = _Holder(t)
+        weakref.finalize(holder, self._release, key)
+        return holder
+
+    def _release(self, key: int) -> None:
+        entry = self.refs[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.live -= entry[0]
+            del self.refs[key]
+
+    @staticmethod
+    def unpack(holder):
+        return holder.t
+
+
+class _Holder:
+    __slots__ = ("t", "__weakref__")
+
+    def __init__(self, t):
+        self.t = t
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ks", type=int, nargs="+", default=[10, 50, 200])
+    ap.add_argument("--model", default="mlp")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--dev", type=int, default=1000, help="dev examples in the surrogate")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    C, shape = 10, (1, 28, 28)
+    net = build(args.model, shape, C, seed=0, device=device)
+    P = sum(p.numel() for p in net.parameters())
+    teacher = dlf.DLFTeacher(C, 4 + C, seed=0).to(device)
+    theta = list(teacher.parameters())
+    dev_x, dev_y = torch.randn(args.dev, *shape, device=device), torch.randint(0, C, (args.dev,), device=device)
+    print(f"student {args.model}: P = {P} parameters; batch {args.batch}; dev {args.dev}; device {device}; "
+          f"torch threads {torch.get_num_threads()}")
+    print("memory = peak live bytes saved for backward (saved_tensors_hooks) [+ K·2P·4 snapshot bytes]")
+    print(f"{'K':>5} {'SGD K steps s':>14} {'mode':>9} {'update s':>9} {'ratio':>6} {'saved MB':>9} "
+          f"{'snap MB':>8} {'total MB':>9}")
+    for K in args.ks:
+        batches = [(torch.randn(args.batch, *shape, device=device), torch.randint(0, C, (args.batch,), device=device))
+                   for _ in range(K)]
+        # baseline: K plain SGD (momentum) cross-entropy steps
+        base = float("inf")
+        for _ in range(args.repeats):
+            model = build(args.model, shape, C, seed=0, device=device)
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            _sync(device)
+            t0 = time.perf_counter()
+            for x, y in batches:
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            _sync(device)
+            base = min(base, time.perf_counter() - t0)
+        states = [torch.rand(4 + C, device=device) for _ in range(K)]
+
+        def loss_fn(logits, y, k):
+            phi, b, _ = teacher(states[k])
+            return dlf.dlf_loss(logits, y, phi, b)
+
+        def dev_fn(w):
+            return dlf.smooth_error(functional_call(net, w, (dev_x,)), dev_y)
+
+        for mode in meta.META_MODES:
+            best, peak = float("inf"), 0
+            for _ in range(args.repeats):
+                w0 = meta.params_of(net, requires_grad=False)
+                live = _Live()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                _sync(device)
+                t0 = time.perf_counter()
+                with torch.autograd.graph.saved_tensors_hooks(live.pack, live.unpack):
+                    meta.sgd_meta_grad(net, w0, batches, loss_fn, theta, dev_fn, lr=0.05, momentum=0.9, mode=mode)
+                _sync(device)
+                best, peak = min(best, time.perf_counter() - t0), max(peak, live.peak)
+            snap = K * 2 * P * 4 if mode == "snapshot" else 0
+            extra = f"  cuda max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if device.type == "cuda" else ""
+            print(f"{K:>5} {base:>14.3f} {mode:>9} {best:>9.3f} {best / base:>6.2f} {peak / 2**20:>9.1f} "
+                  f"{snap / 2**20:>8.1f} {(peak + snap) / 2**20:>9.1f}{extra}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""L2T-DLF: Learning to Teach with Dynamic Loss Functions (Wu et al., NeurIPS 2018).
+
+The student minimises l_Φ(p, y) = -σ(yᵀ Φ_t log p + b_y); a teacher μ_θ maps the student's state s_t to Φ_t
+at every step. The teacher is trained by reverse-mode differentiation (`labkit.meta.sgd_meta_grad`) of a smooth
+dev error through windows of K student SGD steps.
+
+Pieces, in reading order:
+- `dlf_loss`: the bilinear loss, batched, on log-softmax (never the log of a softmax).
+- `smooth_error`, `expected_error`: the differentiable dev surrogates (`SURROGATES`).
+- `StudentState`: the teacher's input s_t (progress, recent train loss/acc, dev acc, per-class dev acc).
+- `DLFTeacher`: Φ_t = Σ_k a_k(s_t) M_k, attention over a bank of C×C matrices; `static=True`: one matrix.
+- `train_teacher`: windows of K steps, one teacher step per window; the student continues (truncated,
+  as the official demo) or restarts every window (the paper's Algorithm 1, with window = the whole run).
+- `deploy`: a fresh student trained with the frozen teacher; `train_ce`: the cross-entropy baseline with the
+  same steps, optimizer, data order and seeds; `compare`: both over several seeds.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from . import meta
+from .data import Split, Splits, _check_int, batches
+from .models import build
+from .trace import Trace
+from .train import confusion, evaluate, progress
+
+SURROGATES = ("smooth_error", "expected_error")
+
+
+# ---------------------------------------------------------------- loss and surrogates
+
+def dlf_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor | None = None,
+             reduction: str = "mean") -> torch.Tensor:
+    """l_Φ(p, y) = -σ(yᵀ Φ log p + b_y).
+
+    logits [B, C]; y [B] int64; phi [C, C] (row y weighs the log-probabilities of all classes for an
+    example of class y); bias [C] or None. Returns the mean over the batch (reduction="mean") or [B] ("none").
+    With Φ = I and no bias this is -p_y / (1 + p_y), a monotone transform of the cross-entropy.
+    """
+    log_p = F.log_softmax(logits, dim=1)  # stable: never log(softmax)
+    z = (phi[y] * log_p).sum(1)           # [B]: yᵀ Φ log p
+    if bias is not None:
+        z = z + bias[y]
+    loss = -torch.sigmoid(z)
+    if reduction == "none":
+        return loss
+    if reduction != "mean":
+        raise ValueError(f"reduction={reduction!r} is not allowed: choose 'mean' or 'none'")
+    return loss.mean()
+
+
+def smooth_error(logits: torch.Tensor, y: torch.Tensor, k: float = 50.0) -> torch.Tensor:
+    """The official demo's smooth 0/1 error: mean of 2σ(k·(max_j p_j − p_y)) − 1 ∈ [0, 1). logits [N, C]."""
+    p = F.softmax(logits, dim=1)
+    margin = p.max(1).values - p.gather(1, y[:, None]).squeeze(1)
+    return (2 * torch.sigmoid(k * margin) - 1).mean()
+
+
+def expected_error(logits: torch.Tensor, y: torch.Tensor, k: float = 50.0) -> torch.Tensor:
+    """1 − expected accuracy, 1 − mean p_y (k is ignored; same signature as `smooth_error`)."""
+    return 1 - F.softmax(logits, dim=1).gather(1, y[:, None]).mean()
+
+
+def _surrogate(name: str) -> Callable[..., torch.Tensor]:
+    if name not in SURROGATES:
+        raise ValueError(f"surrogate={name!r} is not allowed: choose one of {', '.join(SURROGATES)}")
+    return smooth_error if name == "smooth_error" else expected_error
+
+
+# ---------------------------------------------------------------- the student's state
+
+class StudentState:
+    """The teacher's input s_t [4 + C]: [t / horizon, recent train loss / ln C, recent train accuracy,
+    dev accuracy, per-class dev accuracy (C)]. Recent = exponential moving average (factor `decay`) of the
+    cross-entropy and accuracy of the student's own training batches; dev = last `refresh_dev` measurement."""
+
+    def __init__(self, num_classes: int, horizon: int, decay: float = 0.9):
+        self.num_classes, self.horizon, self.decay = num_classes, horizon, decay
+        self.loss, self.acc = 1.0, 1.0 / num_classes
+        self.dev_acc, self.class_acc = 1.0 / num_classes, torch.full((num_classes,), 1.0 / num_classes)
+
+    @property
+    def dim(self) -> int:
+        return 4 + self.num_classes
+
+    def features(self, t: int) -> torch.Tensor:
+        """s_t [4 + C] float32 on the CPU (moved by the caller)."""
+        head = torch.tensor([min(t / self.horizon, 1.0), self.loss, self.acc, self.dev_acc])
+        return torch.cat([head, self.class_acc])
+
+    @torch.no_grad()
+    def observe(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Fold one training batch (logits [B, C], y [B]) into the recent loss and accuracy."""
+        loss = F.cross_entropy(logits.float(), y).item() / math.log(self.num_classes)
+        acc = (logits.argmax(1) == y).float().mean().item()
+        self.loss = self.decay * self.loss + (1 - self.decay) * min(loss, 3.0)
+        self.acc = self.decay * self.acc + (1 - self.decay) * acc
+
+    @torch.no_grad()
+    def refresh_dev(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Dev accuracy and per-class dev accuracy from dev logits [N, C] and labels [N]."""
+        hit = (logits.argmax(1) == y).float()
+        self.dev_acc = hit.mean().item()
+        counts = torch.bincount(y, minlength=self.num_classes).clamp_min(1).float()
+        self.class_acc = (torch.bincount(y, weights=hit, minlength=self.num_classes) / counts).cpu()
+
+
+# ---------------------------------------------------------------- the teacher
+
+class DLFTeacher(nn.Module):
+    """μ_θ: s_t [S] -> (Φ_t [C, C], b [C] or None, attention a(s_t) [M]).
+
+    Φ_t = Σ_k a_k(s_t) M_k with a(s) = softmax(W₂ tanh(W₁ s + c₁) + c₂) over a bank of M learnable C×C
+    matrices. Every M_k starts at I plus noise of scale `init_noise` and W₂ starts at 0 (uniform attention),
+    so Φ_0 ≈ I: the student starts from a monotone transform of cross-entropy.
+    static=True: one learned matrix, no state input (the official demo without its scalar gate).
+    """
+
+    def __init__(self, num_classes: int, state_dim: int, *, bank: int = 4, hidden: int = 32, bias: bool = True,
+                 static: bool = False, init_noise: float = 0.01, seed: int = 0):
+        super().__init__()
+        _check_int("num_classes", num_classes, 2)
+        _check_int("bank", bank, 1)
+        _check_int("hidden", hidden, 1)
+        self.num_classes, self.state_dim, self.static = num_classes, state_dim, static
+        bank = 1 if static else bank
+        generator = torch.Generator().manual_seed(seed)
+        eye = torch.eye(num_classes).expand(bank, num_classes, num_classes)
+        noise = init_noise * torch.randn(bank, num_classes, num_classes, generator=generator)
+        self.bank = nn.Parameter(eye + (noise if bank > 1 else 0 * noise))  # [M, C, C]
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
+        if static:
+            self.attend = None
+        else:
+            first = nn.Linear(state_dim, hidden)
+            with torch.no_grad():
+                first.weight.copy_(torch.randn(hidden, state_dim, generator=generator) / math.sqrt(state_dim))
+                first.bias.zero_()
+            last = nn.Linear(hidden, bank)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+            self.attend = nn.Sequential(first, nn.Tanh(), last)
+
+    def forward(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """state [S] -> (Φ [C, C], bias [C] or None, attention [M])."""
+        if self.attend is None:
+            attention = torch.ones(1, device=self.bank.device, dtype=self.bank.dtype)
+        else:
+            attention = torch.softmax(self.attend(state.to(self.bank)), dim=-1)
+        phi = torch.einsum("m,mij->ij", attention, self.bank)
+        return phi, self.bias, attention
+
+
+# ---------------------------------------------------------------- helpers
+
+def _check_common(steps_name: str, steps: int, lr: float, momentum: float, batch_size: int, n: int) -> None:
+    _check_int(steps_name, steps, 1)
+    _check_int("batch_size", batch_size, 1, n)
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum={momentum!r} is not allowed: it must be in [0, 1)")
+
+
+def _dev_subset(splits: Splits, size: int) -> Split:
+    _check_int("dev_size", size, 1, len(splits.dev))
+    return splits.dev[:size]
+
+
+def _pretrain(model: nn.Module, splits: Splits, steps: int, stream, *, lr: float, momentum: float,
+              optimizer: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
+    """`steps` cross-entropy SGD steps (the demo's pre-training); returns the optimizer (its momentum buffers)."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    model.train()
+    for _ in range(steps):
+        index = next(stream)
+        loss = F.cross_entropy(model(splits.train.x[index]), splits.train.y[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return optimizer
+
+
+def _velocity_of(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        out[name] = buf.detach().clone() if buf is not None else torch.zeros_like(p)
+    return out
+
+
+# ---------------------------------------------------------------- teacher training
+
+def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...] = (500,), window: int = 25,
+                  updates: int = 40, horizon: int = 1000, restart: bool = False, pretrain_steps: int = 200,
+                  batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9, teacher_lr: float = 0.02,
+                  surrogate: str = "smooth_error", k: float = 50.0, dev_size: int = 1000, bank: int = 4,
+                  static: bool = False, bias: bool = True, mode: str = "snapshot", seed: int = 0,
+                  progress_bar: bool | None = None) -> tuple[DLFTeacher, Trace]:
+    """Train a DLF teacher by reverse-mode differentiation through windows of `window` student steps.
+
+    After every window the teacher takes one Adam step (lr `teacher_lr`) on the dev surrogate at the window's
+    end, differentiated exactly through the window's SGD-with-momentum steps (`mode`: "snapshot" or "unroll").
+    restart=False (the demo): the student continues from window to window and is re-initialised only when it
+    has taken `horizon` steps. restart=True (the paper's Algorithm 1): every window starts a fresh student
+    (after `pretrain_steps` CE steps); use window = horizon for the full-episode version.
+    The student's data order comes from `labkit.data.batches(seed=...)`; student r (r = 0, 1, ...) uses seed
+    `seed + r`. dev_size: the first examples of `splits.dev` used for the surrogate and the state's dev accuracy.
+
+    Trace: arrays per student step "phi" [C, C], "attention" [M], "state" [4 + C] (step = student steps
+    counted over the whole teacher training, CE pre-training excluded); scalars per window
+    "dev_surrogate", "dev_acc" (at the window's end), "meta_grad_norm", "train_loss".
+    """
+    _check_common("window", window, lr, momentum, batch_size, len(splits.train))
+    _check_int("updates", updates, 1)
+    _check_int("horizon", horizon, window)
+    _check_int("pretrain_steps", pretrain_steps, 0)
+    _check_int("seed", seed, 0)
+    if mode not in meta.META_MODES:
+        raise ValueError(f"mode={mode!r} is not allowed: choose one of {', '.join(meta.META_MODES)}")
+    surrogate_fn = _surrogate(surrogate)
+    device = splits.device
+    dev = _dev_subset(splits, dev_size)
+    C = splits.num_classes
+    config = dict(method="l2t-dlf", model=model, hidden=list(hidden), window=window, updates=updates,
+                  horizon=horizon, restart=restart, pretrain_steps=pretrain_steps, batch_size=batch_size, lr=lr,
+                  momentum=momentum, teacher_lr=teacher_lr, surrogate=surrogate, k=k, dev_size=dev_size,
+                  bank=bank, static=static, bias=bias, mode=mode, seed=seed, dataset=splits.name,
+                  device=str(device))
+    trace = Trace(config=config)
+    teacher = DLFTeacher(C, 4 + C, bank=bank, bias=bias, static=static, seed=seed).to(device)
+    opt = torch.optim.Adam(teacher.parameters(), lr=teacher_lr)
+    meta_params = list(teacher.parameters())
+    kwargs = dict(hidden=hidden) if model == "mlp" else {}
+
+    student_runs = 0
+    net = params = velocity = stream = state = None
+    t_student = horizon  # forces a fresh student at the first window
+    global_step = 0
+    for update in progress(range(updates), total=updates, desc="teacher", enabled=progress_bar):
+        if restart or t_student + window > horizon:
+            s_seed = seed + student_runs
+            student_runs += 1
+            net = build(model, splits.in_shape, C, seed=s_seed, device=device, **kwargs)
+            stream = batches(len(splits.train), batch_size, seed=s_seed, device=device)
+            sgd = _pretrain(net, splits, pretrain_steps, stream, lr=lr, momentum=momentum)
+            params, velocity = meta.params_of(net, requires_grad=False), _velocity_of(net, sgd)
+            state, t_student = StudentState(C, horizon), 0
+        with torch.no_grad():
+            state.refresh_dev(functional_call(net, params, (dev.x,)), dev.y)
+        window_batches = [(splits.train.x[i], splits.train.y[i]) for i in (next(stream) for _ in range(window))]
+        states: list[torch.Tensor] = []
+        t0 = t_student
+
+        def loss_fn(logits: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+            # s_t is an input, not a function of θ: it is computed once per step (the first call) and reused
+            # by the reverse sweep, which calls this again for the same step.
+            if step == len(states):
+                states.append(state.features(t0 + step).to(device))
+                state.observe(logits.detach(), y)
+            phi, b, attention = teacher(states[step])
+            if len(trace.arrays.get("phi", {}).get("step", [])) <= global_step + step:
+                trace.log_array(global_step + step, phi=phi.detach(), attention=attention.detach(),
+                                state=states[step])
+            return dlf_loss(logits, y, phi, b)
+
+        def dev_fn(w: dict[str, torch.Tensor]) -> torch.Tensor:
+            return surrogate_fn(functional_call(net, w, (dev.x,)), dev.y, k)
+
+        grads, params, velocity, dev_value, losses = meta.sgd_meta_grad(
+            net, params, window_batches, loss_fn, meta_params, dev_fn, lr=lr, momentum=momentum,
+            velocity=velocity, mode=mode)
+        opt.zero_grad(set_to_none=True)
+        for p, g in zip(meta_params, grads):
+            p.grad = g
+        opt.step()
+        t_student += window
+        global_step += window
+        with torch.no_grad():
+            dev_acc = (functional_call(net, params, (dev.x,)).argmax(1) == dev.y).float().mean().item()
+        trace.log(global_step, dev_surrogate=dev_value, dev_acc=dev_acc, train_loss=float(np.mean(losses)),
+                  meta_grad_norm=float(torch.sqrt(sum((g ** 2).sum() for g in grads))))
+        if not math.isfinite(dev_value):
+            trace.note(f"teacher update {update}: the dev surrogate is {dev_value}; stopped")
+            break
+    trace.metrics.update(teacher_updates=updates, student_runs=student_runs,
+                         final_dev_surrogate=trace.last("dev_surrogate"), final_dev_acc=trace.last("dev_acc"))
+    return teacher, trace
+
+
+# ---------------------------------------------------------------- deployment and the CE baseline
+
+def _train_student(splits: Splits, teacher: DLFTeacher | None, *, model: str, hidden: tuple[int, ...],
+                   steps: int, pretrain_steps: int, batch_size: int, lr: float, momentum: float, seed: int,
+                   refresh_every: int, dev_size: int, eval_every: int, record: bool,
+                   progress_bar: bool | None) -> Trace:
+    """One student: `pretrain_steps` CE steps, then `steps` steps on CE (teacher None) or on l_{Φ_t}."""
+    _check_common("steps", steps, lr, momentum, batch_size, len(splits.train))
+    _check_int("pretrain_steps", pretrain_steps, 0)
+    _check_int("refresh_every", refresh_every, 1)
+    _check_int("seed", seed, 0)
+    device, C = splits.device, splits.num_classes
+    dev = _dev_subset(splits, dev_size)
+    kwargs = dict(hidden=hidden) if model == "mlp" else {}
+    net = build(model, splits.in_shape, C, seed=seed, device=device, **kwargs)
+    stream = batches(len(splits.train), batch_size, seed=seed, device=device)
+    method = "ce" if teacher is None else "l2t-dlf"
+    trace = Trace(config=dict(method=method, model=model, steps=steps, pretrain_steps=pretrain_steps,
+                              batch_size=batch_size, lr=lr, momentum=momentum, seed=seed, dataset=splits.name,
+                              refresh_every=refresh_every, dev_size=dev_size, device=str(device)))
+    sgd = _pretrain(net, splits, pretrain_steps, stream, lr=lr, momentum=momentum)
+    state = StudentState(C, steps)
+    losses = torch.zeros(steps, device=device)
+    for t in progress(range(steps), total=steps, desc=method, enabled=progress_bar):
+        if t % refresh_every == 0 and teacher is not None:
+            with torch.no_grad():
+                net.eval()
+                state.refresh_dev(net(dev.x), dev.y)
+                net.train()
+        index = next(stream)
+        x, y = splits.train.x[index], splits.train.y[index]
+        logits = net(x)
+        if teacher is None:
+            loss = F.cross_entropy(logits, y)
+        else:
+            s = state.features(t).to(device)
+            with torch.no_grad():
+                phi, b, attention = teacher(s)
+            if record:
+                trace.log_array(t, phi=phi, attention=attention, state=s)
+            state.observe(logits.detach(), y)
+            loss = dlf_loss(logits, y, phi, b)
+        sgd.zero_grad(set_to_none=True)
+        loss.backward()
+        sgd.step()
+        losses[t] = loss.detach()
+        done = t + 1
+        if eval_every and (done % eval_every == 0 or done == steps):
+            d = evaluate(net, splits.dev)
+            trace.log(done, dev_acc=d["acc"], dev_loss=d["loss"])
+            if record:
+                trace.log_array(done, confusion=confusion(net, splits.dev, C))
+    trace.log_series("loss", range(1, steps + 1), losses)
+    test = evaluate(net, splits.test)
+    trace.metrics.update(test_acc=test["acc"], test_err=100 * (1 - test["acc"]), test_loss=test["loss"],
+                         dev_acc=evaluate(net, splits.dev)["acc"], steps=steps + pretrain_steps)
+    return trace
+
+
+def deploy(teacher: DLFTeacher, splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...] = (500,),
+           steps: int = 1000, pretrain_steps: int = 200, batch_size: int = 64, lr: float = 0.05,
+           momentum: float = 0.9, seed: int = 0, refresh_every: int = 25, dev_size: int = 1000,
+           eval_every: int = 100, record: bool = True, progress_bar: bool | None = None) -> Trace:
+    """Train a fresh student (seed `seed`) with the frozen teacher: `pretrain_steps` CE steps, then `steps`
+    steps of SGD with momentum on l_{Φ_t}, Φ_t = teacher(s_t); the dev part of s_t is refreshed every
+    `refresh_every` steps on the first `dev_size` dev examples (as in teacher training).
+    Trace: per step "phi" [C, C], "attention" [M], "state" [4 + C] (record=True); per `eval_every` steps
+    "dev_acc", "dev_loss" and the dev confusion matrix "confusion" [C, C]; metrics test_err (%), test_acc."""
+    if not isinstance(teacher, DLFTeacher):
+        raise ValueError(f"teacher={type(teacher).__name__} is not allowed: pass a DLFTeacher")
+    teacher.eval()
+    return _train_student(splits, teacher, model=model, hidden=hidden, steps=steps, pretrain_steps=pretrain_steps,
+                          batch_size=batch_size, lr=lr, momentum=momentum, seed=seed, refresh_every=refresh_every,
+                          dev_size=dev_size, eval_every=eval_every, record=record, progress_bar=progress_bar)
+
+
+def train_ce(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...] = (500,), steps: int = 1000,
+             pretrain_steps: int = 200, batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9,
+             seed: int = 0, dev_size: int = 1000, eval_every: int = 100, record: bool = True,
+             progress_bar: bool | None = None) -> Trace:
+    """The cross-entropy baseline: the same model, steps (pre-training included), optimizer, data order and
+    seed as `deploy`, trained on cross-entropy throughout."""
+    return _train_student(splits, None, model=model, hidden=hidden, steps=steps, pretrain_steps=pretrain_steps,
+                          batch_size=batch_size, lr=lr, momentum=momentum, seed=seed, refresh_every=1,
+                          dev_size=dev_size, eval_every=eval_every, record=record, progress_bar=progress_bar)
+
+
+def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], **kwargs) -> dict:
+    """Deploy the teacher and train the CE baseline for every seed (same kwargs for both).
+
+    Returns {"seeds", "ce_test_err" [per seed, %], "dlf_test_err" [per seed, %], "ce_traces", "dlf_traces"};
+    only the first seed's traces record per-step arrays (the others keep memory small)."""
+    if not seeds:
+        raise ValueError(f"seeds={seeds!r} is not allowed: give at least one seed")
+    out = dict(seeds=list(seeds), ce_test_err=[], dlf_test_err=[], ce_traces=[], dlf_traces=[])
+    for i, s in enumerate(seeds):
+        record = i == 0
+        ce = train_ce(splits, seed=s, record=record, **{k: v for k, v in kwargs.items() if k != "refresh_every"})
+        dlf = deploy(teacher, splits, seed=s, record=record, **kwargs)
+        out["ce_test_err"].append(ce.metrics["test_err"])
+        out["dlf_test_err"].append(dlf.metrics["test_err"])
+        out["ce_traces"].append(ce)
+        out["dlf_traces"].append(dlf)
+    return out
+
+
+def summarize(result: dict) -> dict:
+    """Flat metrics from `compare`'s result: ce_/dlf_test_err _mean, _std (population std, %), per-seed lists."""
+    ce, dl = np.asarray(result["ce_test_err"]), np.asarray(result["dlf_test_err"])
+    return dict(ce_test_err_mean=float(ce.mean()), ce_test_err_std=float(ce.std()),
+                dlf_test_err_mean=float(dl.mean()), dlf_test_err_std=float(dl.std()),
+                ce_test_err=ce.tolist(), dlf_test_err=dl.tolist(), seeds=list(result["seeds"]),
+                dlf_minus_ce_mean=float((dl - ce).mean()))
+
+
+def phi_pair_changes(phi: np.ndarray, classes: list[str] | tuple[str, ...], top: int = 5,
+                     early: float = 0.1) -> dict[str, list[tuple[str, str, float]]]:
+    """The off-diagonal entries of Φ whose value rises or falls most between the start and the end of training.
+
+    phi [T, C, C]; start = mean over the first `early` fraction of steps, end = mean over the last one.
+    Returns {"rise": [(row class y, column class j, change), ...], "fall": [...]}, `top` each, largest first.
+    Entry (y, j) weighs log p_j in the loss of an example of class y: positive rewards probability on j
+    (similarity), negative penalises it (discrimination)."""
+    phi = np.asarray(phi, dtype=float)
+    if phi.ndim != 3 or phi.shape[1] != phi.shape[2] or phi.shape[1] != len(classes):
+        raise ValueError(f"phi must be [T, C, C] with C = len(classes) = {len(classes)}; got {phi.shape}")
+    n = max(1, int(round(early * len(phi))))
+    delta = phi[-n:].mean(0) - phi[:n].mean(0)
+    C = len(classes)
+    pairs = [(classes[i], classes[j], float(delta[i, j])) for i in range(C) for j in range(C) if i != j]
+    pairs.sort(key=lambda p: p[2])
+    return {"rise": pairs[::-1][:top], "fall": pairs[:top]}
+
+
+def combined_trace(teacher_trace: Trace, deploy_trace: Trace) -> Trace:
+    """One Trace for a notebook to save: the deployed student's per-step arrays ("phi", "attention", "state",
+    "confusion"), scalars and metrics, plus the teacher training's per-window scalars renamed "teacher_<name>"
+    and its config under config["teacher"]."""
+    out = Trace(config=dict(deploy_trace.config, teacher=teacher_trace.config),
+                scalars=dict(deploy_trace.scalars), arrays=dict(deploy_trace.arrays),
+                metrics=dict(deploy_trace.metrics), messages=teacher_trace.messages + deploy_trace.messages)
+    for name, series in teacher_trace.scalars.items():
+        out.scalars[f"teacher_{name}"] = series
+    return out

@@ -1,0 +1,420 @@
+"""Reproductions from one command: run the notebooks with papermill, gather their metrics, compare with the papers.
+
+Layout of a runs folder (`out`):
+
+    runs/<notebook>/<preset>/seed-<k>/
+        <notebook>.ipynb      the executed notebook (written last: its presence marks the run complete)
+        <notebook>.html       the same as a standalone page (plotly.js embedded once, no network needed)
+        metrics.json          written by the notebook's last cell
+        trace.npz             the notebook's Trace
+    runs/report.md, runs/report.html   written by `report(out)`
+
+A run is complete only when both `metrics.json` and `<notebook>.ipynb` exist. The runner deletes a stale
+`metrics.json` before executing, executes into a temporary name, and renames it at the very end, so a run
+killed at any point is redone by the next `reproduce` and a completed one is never redone.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import re
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+from .papers import PAPERS, Reported, get as get_reported
+from .trace import atomic_write_bytes
+
+PRESETS = ("smoke", "cpu", "paper")
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+METRICS_FILE = "metrics.json"
+PARTIAL_SUFFIX = ".partial.ipynb"   # papermill writes here while executing
+FAILED_SUFFIX = ".failed.ipynb"     # kept after a failure, for reading the error in context
+
+
+# ---------------------------------------------------------------- notebooks and names
+
+def discover(notebook_dir: str | Path = NOTEBOOK_DIR) -> list[Path]:
+    """Every `*.ipynb` in `notebook_dir`, sorted by name (so 00_tour runs first)."""
+    notebook_dir = Path(notebook_dir)
+    if not notebook_dir.is_dir():
+        raise ValueError(f"notebook_dir={str(notebook_dir)!r} is not a folder")
+    return sorted(p for p in notebook_dir.glob("*.ipynb") if not p.name.startswith("."))
+
+
+def short_name(stem: str) -> str:
+    """'02_l2t_dlf_dynamic_loss' -> 'l2t_dlf_dynamic_loss' (the name after the number)."""
+    return re.sub(r"^\d+_", "", stem)
+
+
+def resolve(names: Sequence[str], notebooks: Sequence[Path]) -> list[Path]:
+    """The notebooks named by `names` (all of them when `names` is empty), in the notebooks' order.
+
+    A name is a notebook's stem ('00_tour'), the name after its number ('tour'), or a unique prefix of
+    either ('00', 'l2t_dlf'). Unknown or ambiguous names raise ValueError listing the valid ones.
+    """
+    if not names:
+        return list(notebooks)
+    valid = ", ".join(p.stem for p in notebooks) or "none (the notebook folder is empty)"
+    chosen: list[Path] = []
+    for name in names:
+        exact = [p for p in notebooks if name in (p.stem, short_name(p.stem))]
+        matches = exact or [p for p in notebooks if p.stem.startswith(name) or short_name(p.stem).startswith(name)]
+        if not matches:
+            raise ValueError(f"notebook name {name!r} is not known: choose from {valid}")
+        if len(matches) > 1:
+            raise ValueError(f"notebook name {name!r} is ambiguous: it matches {', '.join(p.stem for p in matches)}")
+        if matches[0] not in chosen:
+            chosen.append(matches[0])
+    return [p for p in notebooks if p in chosen]
+
+
+def check_preset(preset: str) -> str:
+    if preset not in PRESETS:
+        raise ValueError(f"preset={preset!r} is not known: choose one of {', '.join(PRESETS)}")
+    return preset
+
+
+def run_dir(out: str | Path, stem: str, preset: str, seed: int) -> Path:
+    return Path(out) / stem / preset / f"seed-{seed}"
+
+
+def is_complete(directory: str | Path, stem: str) -> bool:
+    """A run is complete when its metrics.json AND its executed notebook exist."""
+    directory = Path(directory)
+    return (directory / METRICS_FILE).is_file() and (directory / f"{stem}.ipynb").is_file()
+
+
+# ---------------------------------------------------------------- offline HTML
+
+_REMOTE_SCRIPT = re.compile(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</script>\s*', re.IGNORECASE)
+_REMOTE_REF = re.compile(r'<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="(https?://[^"]*)"', re.IGNORECASE)
+
+
+def remote_references(page: str) -> list[str]:
+    """URLs a page would fetch when opened (script/link/img/iframe with an http(s) src or href)."""
+    return _REMOTE_REF.findall(page)
+
+
+def export_html(notebook: str | Path, target: str | Path | None = None) -> Path:
+    """Export an executed notebook to a standalone HTML page that works with no kernel and no network.
+
+    nbconvert's lab template adds require.js and MathJax from a CDN; neither is needed (plotly.js is
+    embedded once by the notebook's first figure, see `labkit.plots.setup_notebook`), so they are removed.
+    Cost of removing MathJax: LaTeX in markdown cells shows as its source text.
+    Raises RuntimeError if the page would still fetch anything.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    notebook = Path(notebook)
+    target = Path(target) if target is not None else notebook.with_suffix(".html")
+    nb = nbformat.read(notebook, as_version=4)
+    stem = notebook.name[: -len(PARTIAL_SUFFIX)] if notebook.name.endswith(PARTIAL_SUFFIX) else notebook.stem
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb, resources={"metadata": {"name": stem}})
+    body = _REMOTE_SCRIPT.sub("", body)
+    remote = remote_references(body)
+    if remote:
+        raise RuntimeError(f"{target.name} would fetch {remote[:3]} when opened: it is not offline")
+    atomic_write_bytes(target, body.encode())
+    target.chmod(0o644)   # a page to share (the atomic write creates it private)
+    return target
+
+
+# ---------------------------------------------------------------- running
+
+@dataclass
+class RunResult:
+    notebook: str
+    preset: str
+    seed: int
+    directory: Path
+    status: str            # "done" | "skipped" (already complete) | "failed"
+    seconds: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Summary:
+    results: list[RunResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[RunResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the kernels papermill starts (they inherit ours), then restore."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def describe_error(exc: BaseException) -> str:
+    """One paragraph: which cell failed and how (papermill's error carries the cell's index and source)."""
+    index = getattr(exc, "cell_index", None)
+    if index is None:
+        return f"{type(exc).__name__}: {exc}".strip()
+    source = (getattr(exc, "source", "") or "").strip().splitlines()
+    first = source[0] if source else ""
+    return (f"cell {index} (execution count {getattr(exc, 'exec_count', None)}), starting {first!r}: "
+            f"{getattr(exc, 'ename', '')}: {getattr(exc, 'evalue', '')}")
+
+
+def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: str = "python3",
+            html: bool = True) -> RunResult:
+    """Execute `notebook` with parameters preset, seed, out_dir into its run folder (see module docstring)."""
+    import papermill as pm
+
+    stem = notebook.stem
+    directory = run_dir(out, stem, preset, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{stem}.ipynb"
+    partial = directory / f"{stem}{PARTIAL_SUFFIX}"
+    failed = directory / f"{stem}{FAILED_SUFFIX}"
+    # A metrics.json without the executed notebook is from a run killed after its last cell: not trusted.
+    for stale in (directory / METRICS_FILE, final, partial, failed):
+        stale.unlink(missing_ok=True)
+    start = time.perf_counter()
+    try:
+        with _env(LABKIT_STATIC="1"):
+            pm.execute_notebook(str(notebook), str(partial), kernel_name=kernel, cwd=str(notebook.parent),
+                                parameters=dict(preset=preset, seed=int(seed), out_dir=str(directory.resolve())),
+                                progress_bar=False, log_output=False)
+        if not (directory / METRICS_FILE).is_file():
+            raise RuntimeError(f"the notebook ran to the end but wrote no {METRICS_FILE} into out_dir")
+        if html:
+            export_html(partial, directory / f"{stem}.html")
+        os.replace(partial, final)   # last: from here on the run counts as complete
+        return RunResult(stem, preset, seed, directory, "done", time.perf_counter() - start)
+    except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the others
+        if partial.exists():
+            os.replace(partial, failed)
+        (directory / METRICS_FILE).unlink(missing_ok=True)
+        return RunResult(stem, preset, seed, directory, "failed", time.perf_counter() - start, describe_error(exc))
+
+
+def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: int = 2, out: str | Path = "runs",
+              notebook_dir: str | Path = NOTEBOOK_DIR, kernel: str = "python3", html: bool = True,
+              log: Callable[[str], None] | None = None, progress: bool | None = None) -> Summary:
+    """Run each named notebook (all by default) for seeds 0..seeds-1; skip runs already complete.
+
+    Returns a Summary; `summary.ok` is False when any run failed (its error cell is in `RunResult.error`).
+    """
+    from .train import progress as progress_bar
+
+    check_preset(preset)
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r} is not allowed: give a whole number >= 1")
+    notebooks = resolve(names, discover(notebook_dir))
+    if not notebooks:
+        raise ValueError(f"no notebooks found in {notebook_dir}")
+    plan = [(nb, seed) for nb in notebooks for seed in range(seeds)]
+    summary = Summary()
+    bar = progress_bar(plan, total=len(plan), desc=f"reproduce ({preset})", enabled=progress)
+    write = log or (lambda msg: bar.write(msg, file=sys.stderr))
+    for nb, seed in bar:
+        directory = run_dir(out, nb.stem, preset, seed)
+        bar.set_postfix_str(f"{nb.stem} seed {seed}")
+        if is_complete(directory, nb.stem):
+            result = RunResult(nb.stem, preset, seed, directory, "skipped")
+            write(f"skip  {nb.stem} {preset} seed {seed}: already complete in {directory}")
+        else:
+            result = run_one(nb, preset, seed, out, kernel=kernel, html=html)
+            if result.status == "done":
+                write(f"done  {nb.stem} {preset} seed {seed} in {result.seconds:.0f} s -> {directory}")
+            else:
+                write(f"FAIL  {nb.stem} {preset} seed {seed} after {result.seconds:.0f} s: {result.error}\n"
+                      f"      the executed notebook, stopped at the error: "
+                      f"{directory / (nb.stem + FAILED_SUFFIX)}")
+        summary.results.append(result)
+    bar.close()
+    counts = {s: sum(r.status == s for r in summary.results) for s in ("done", "skipped", "failed")}
+    write(f"{len(plan)} runs: {counts['done']} done, {counts['skipped']} already complete, {counts['failed']} failed")
+    return summary
+
+
+# ---------------------------------------------------------------- report
+
+@dataclass(frozen=True)
+class Comparison:
+    """A measured metrics.json key of a notebook that corresponds to a number a paper reports.
+
+    convert: how the notebook's value becomes the paper's unit:
+      "pct" (fraction -> %), "pct_err_from_acc" (accuracy fraction -> % error), "same".
+    """
+    notebook: str   # the notebook's name after its number, e.g. "l2t_dlf_dynamic_loss"
+    key: str        # metrics.json key
+    paper: str
+    reported: str   # Reported.key in labkit.papers
+    convert: str = "pct"
+
+
+# Explicit, small, and tolerant: rows whose notebook or key is absent from the runs are left out.
+# The settings differ (budgets, models: see each row's preset and the paper's setting); the gap says by how much.
+COMPARISONS: tuple[Comparison, ...] = (
+    Comparison("tour", "test_err", "dlf", "mnist_mlp_ce_test_err"),
+    Comparison("tour", "test_err_mean", "dlf", "mnist_mlp_ce_test_err"),
+    Comparison("tour", "test_acc", "dlf", "mnist_mlp_ce_test_err", "pct_err_from_acc"),
+    Comparison("l2t_dlf_dynamic_loss", "ce_test_err_mean", "dlf", "mnist_mlp_ce_test_err"),
+    Comparison("l2t_dlf_dynamic_loss", "dlf_test_err_mean", "dlf", "mnist_mlp_dlf_test_err"),
+    Comparison("l2t_dlf_dynamic_loss", "ce_test_err", "dlf", "mnist_mlp_ce_test_err"),
+    Comparison("l2t_dlf_dynamic_loss", "dlf_test_err", "dlf", "mnist_mlp_dlf_test_err"),
+    Comparison("lot_learning_from_teaching", "teacher_only_test_acc_mean", "lot", "cifar10_20_20_teacher_only_test_acc"),
+    Comparison("lot_learning_from_teaching", "lot_test_acc_mean", "lot", "cifar10_20_20_lot_test_acc"),
+    Comparison("lot_learning_from_teaching", "teacher_only_test_acc", "lot", "cifar10_20_20_teacher_only_test_acc"),
+    Comparison("lot_learning_from_teaching", "lot_test_acc", "lot", "cifar10_20_20_lot_test_acc"),
+)
+_CONVERT = {"pct": lambda v: 100.0 * v, "pct_err_from_acc": lambda v: 100.0 * (1.0 - v), "same": lambda v: v}
+_IGNORED_KEYS = {"notebook", "preset", "seed", "seeds"}
+
+
+@dataclass
+class Row:
+    paper: str
+    notebook: str
+    preset: str
+    key: str
+    values: list[float]
+    unit: str = ""
+    reported: Reported | None = None
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for one seed)."""
+        n = len(self.values)
+        return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1)) if n > 1 else 0.0
+
+    def cells(self) -> list[str]:
+        measured = f"{self.mean:.3g} ± {self.std:.2g} (n={len(self.values)})"
+        if self.reported is None:
+            return [self.paper or "—", self.notebook, self.preset, self.key, measured, "—", "—", "—", "—"]
+        r = self.reported
+        paper_value = f"{r.value}" + (f" ± {r.std}" if r.std is not None else "") + f" {r.unit}"
+        gap = self.mean - r.value
+        return [PAPERS[r.paper].split(",")[0] + f" ({r.paper})", self.notebook, self.preset, self.key,
+                f"{measured} {r.unit}", paper_value, r.provenance, r.setting, f"{gap:+.3g}"]
+
+
+HEADER = ["paper", "notebook", "preset (budget)", "metric", "measured: mean ± std over seeds",
+          "paper's number", "provenance", "paper's setting", "gap (measured − paper)"]
+
+
+def gather(out: str | Path) -> dict[tuple[str, str], list[dict]]:
+    """(notebook stem, preset) -> the metrics.json dicts of its complete runs, by seed."""
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for metrics in sorted(Path(out).glob(f"*/*/seed-*/{METRICS_FILE}")):
+        directory = metrics.parent
+        stem, preset = directory.parent.parent.name, directory.parent.name
+        if not is_complete(directory, stem):
+            continue
+        runs.setdefault((stem, preset), []).append(json.loads(metrics.read_text()))
+    return runs
+
+
+def _number(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def rows(out: str | Path) -> list[Row]:
+    """One row per (notebook, preset, metric): mapped metrics beside the paper's number, then the
+    notebook's other headline numbers (`*_mean` keys, or every number when it has none)."""
+    table: list[Row] = []
+    for (stem, preset), runs in sorted(gather(out).items()):
+        name = short_name(stem)
+        mapped = [c for c in COMPARISONS if c.notebook == name and all(_number(m.get(c.key)) is not None for m in runs)]
+        # Prefer the "_mean" key over its single-seed twin when both map to the same paper number.
+        seen: set[str] = set()
+        for c in sorted(mapped, key=lambda c: not c.key.endswith("_mean")):
+            if c.reported in seen:
+                continue
+            seen.add(c.reported)
+            reported = get_reported(c.paper, c.reported)
+            values = [_CONVERT[c.convert](_number(m[c.key])) for m in runs]
+            table.append(Row(c.paper, stem, preset, c.key, values, reported.unit, reported))
+        used = {c.key for c in mapped}
+        numeric = sorted({k for m in runs for k, v in m.items()
+                          if k not in _IGNORED_KEYS and k not in used and _number(v) is not None})
+        headline = [k for k in numeric if k.endswith("_mean")] or [k for k in numeric if not k.endswith("_std")]
+        for key in headline:
+            values = [_number(m.get(key)) for m in runs]
+            if all(v is not None for v in values):
+                table.append(Row("", stem, preset, key, values))
+    return table
+
+
+def _failures(out: str | Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in Path(out).glob(f"*/*/seed-*/*{FAILED_SUFFIX}"))
+
+
+def report_markdown(out: str | Path) -> str:
+    table = rows(out)
+    lines = ["# labkit reproductions", "",
+             f"Measured in `{out}` (mean ± sample std over seeds; n = number of seeds) beside the papers' numbers "
+             "from `labkit.papers` with their provenance. Budgets differ from the papers' unless the preset is "
+             "`paper`: read the gap with the preset.", ""]
+    if not table:
+        lines.append("No complete runs yet: run `labkit reproduce` first.")
+    else:
+        lines.append("| " + " | ".join(HEADER) + " |")
+        lines.append("|" + "---|" * len(HEADER))
+        for row in table:
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |")
+    failed = _failures(out)
+    if failed:
+        lines += ["", "Failed runs (executed notebook stopped at the error): " + ", ".join(failed)]
+    return "\n".join(lines) + "\n"
+
+
+def report_html(out: str | Path) -> str:
+    out = Path(out)
+    table = rows(out)
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row.cells()) + "</tr>" for row in table)
+    pages = sorted(out.glob("*/*/seed-*/*.html"))
+    links = "".join(f'<li><a href="{esc(str(p.relative_to(out)))}">{esc(str(p.relative_to(out)))}</a></li>'
+                    for p in pages if not p.name.endswith(FAILED_SUFFIX))
+    failed = "".join(f"<li>{esc(f)}</li>" for f in _failures(out))
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>labkit reproductions</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f4f4f4}</style></head><body>"
+            "<h1>labkit reproductions</h1><p>Measured (mean ± sample std over seeds) beside the papers' numbers "
+            "with their provenance. Budgets differ from the papers' unless the preset is <code>paper</code>.</p>"
+            + (f"<table><tr>{head}</tr>{body}</table>" if table else "<p>No complete runs yet.</p>")
+            + (f"<h2>Failed runs</h2><ul>{failed}</ul>" if failed else "")
+            + f"<h2>Executed notebooks (open offline)</h2><ul>{links}</ul></body></html>\n")
+
+
+def report(out: str | Path = "runs") -> str:
+    """Write out/report.md and out/report.html; return the Markdown."""
+    out = Path(out)
+    if not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is not a folder: run `labkit reproduce --out {out}` first")
+    text = report_markdown(out)
+    atomic_write_bytes(out / "report.md", text.encode())
+    atomic_write_bytes(out / "report.html", report_html(out).encode())
+    return text
