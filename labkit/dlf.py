@@ -439,3 +439,34 @@ def combined_trace(teacher_trace: Trace, deploy_trace: Trace) -> Trace:
     for name, series in teacher_trace.scalars.items():
         out.scalars[f"teacher_{name}"] = series
     return out
+
+
+# ---------------------------------------------------------------- presets (the notebook's settings)
+
+def _student(model: str, *, hidden=(500,), batch_size=64, lr=0.05, momentum=0.9, pretrain_steps=200, steps=2000,
+             window=25, updates=80, teacher_lr=0.005, dev_size=1000, refresh_every=None, eval_every=None) -> dict:
+    shared = dict(model=model, hidden=tuple(hidden), batch_size=batch_size, lr=lr, momentum=momentum,
+                  pretrain_steps=pretrain_steps, dev_size=dev_size)
+    return dict(teacher=dict(shared, window=window, updates=updates, horizon=steps, teacher_lr=teacher_lr),
+                run=dict(shared, steps=steps, refresh_every=refresh_every or window,
+                         eval_every=eval_every or max(steps // 10, 1)))
+
+
+PRESETS: dict[str, dict] = {
+    # CI: a tiny MLP on 3 000 MNIST images; checks that everything runs, proves nothing
+    "smoke": dict(dataset="mnist", load=dict(dev_size=500, train_size=3000), seeds=[0, 1, 2],
+                  students={"mlp": _student("mlp", hidden=(64,), pretrain_steps=20, steps=60, window=10,
+                                            updates=6, teacher_lr=0.01, dev_size=300)},
+                  note="smoke: MLP 784-64-10 on 3k images, 6 teacher updates of K = 10; for CI only"),
+    # the teaching default: the MNIST MLP 784-500-10 (headline), then the demo's LeNet, reduced
+    "cpu": dict(dataset="mnist", load=dict(dev_size=5000), seeds=[0, 1, 2],
+                students={"mlp": _student("mlp"),
+                          "lenet": _student("lenet", pretrain_steps=100, steps=400, window=20, updates=15)},
+                note="cpu: MNIST MLP 784-500-10 (K = 25 windows, truncated as in the demo), then LeNet, reduced"),
+    # the paper's setting on a GPU: CIFAR-10 ResNets (needs the CIFAR-10 files under LABKIT_DATA)
+    "paper": dict(dataset="cifar10", load=dict(dev_size=5000), seeds=[0, 1, 2, 3, 4],
+                  students={m: _student(m, batch_size=128, lr=0.1, pretrain_steps=1000, steps=64_000, window=50,
+                                        updates=400, teacher_lr=0.001, dev_size=2000, eval_every=2000)
+                            for m in ("resnet8", "resnet20", "resnet32")},
+                  note="paper: CIFAR-10 ResNet-8/20/32, SGD 0.1 momentum 0.9, 64k steps; GPU"),
+}

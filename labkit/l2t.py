@@ -470,8 +470,8 @@ def deploy(method: str, train: Split, dev: Split, test: Split, *, setup: Setup, 
 
     method: "l2t" (the frozen teacher, keep when p >= 0.5), "noteach" (keep all), "randteach" (keep each
     example with probability `keep_rate`, e.g. L2T's measured keep rate), "spl" (self-paced: keep the
-    examples whose loss is under λ_t, growing linearly from spl[0] to spl[1]; default (1, 3)·ln C, so about half the examples
-    of an untrained student pass at first).
+    examples whose loss is under λ_t, growing linearly from spl[0] to spl[1];
+    default (1, 3)·ln C, so about half the examples of an untrained student pass at first).
     model: the student (default setup.model), e.g. "lenet" for the transfer experiment.
     Every `setup.dev_every` steps the dev and test accuracy are measured on their first `setup.eval_size`
     examples; τ is judged on that test accuracy (the paper's curves are test accuracy against

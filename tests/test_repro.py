@@ -26,7 +26,7 @@ def write_notebook(path: Path, body: str) -> None:
         nbformat.v4.new_code_cell(
             "import json, os, uuid\nfrom pathlib import Path\n"
             "def finish(**extra):\n"
-            "    m = dict(notebook=Path(os.getcwd()).name, preset=preset, seed=seed, run_id=uuid.uuid4().hex,\n"
+            "    m = dict(preset=preset, seed=seed, run_id=uuid.uuid4().hex,\n"
             "             static=os.environ.get('LABKIT_STATIC'), score=0.1 * (seed + 1), **extra)\n"
             "    Path(out_dir, 'metrics.json').write_text(json.dumps(m))"),
         nbformat.v4.new_code_cell(body),
@@ -90,7 +90,6 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capsys):
     killed = repro.run_dir(out, "00_good", "smoke", 1)
     os.replace(killed / "00_good.ipynb", killed / "00_good.partial.ipynb")
     kept = {(s, k): metrics(out, s, k)["run_id"] for s in ("00_good", "03_good") for k in (0, 1)}
-    assert cli.main(args[:1] + ["00", "good"] + args[1:]) == 0 if False else True  # ("good" is ambiguous)
     assert cli.main(args[:1] + ["00_good", "03"] + args[1:]) == 0
     err = capsys.readouterr().err
     assert "1 done, 3 already complete, 0 failed" in err
