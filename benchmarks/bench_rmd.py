@@ -5,7 +5,7 @@ For K = 10, 50, 200 (default) and both modes of `labkit.meta.sgd_meta_grad`:
   as a ratio to K plain `torch.optim.SGD` cross-entropy steps of the same student on the same batches;
 - memory: the peak bytes of tensors that autograd keeps for backward, measured live with
   `torch.autograd.graph.saved_tensors_hooks` (a storage counted once while any saved reference to it lives),
-  plus, for "snapshot", the K stored (w_t, v_t) pairs (K·2P·4 bytes, counted exactly). tracemalloc does not
+  plus, for "snapshot", the K stored weight vectors w_t (K·P·4 bytes, counted exactly). tracemalloc does not
   see torch's CPU allocations, so it is not used. On CUDA, torch.cuda.max_memory_allocated is printed too.
 
 Run: python benchmarks/bench_rmd.py [--ks 10 50 200] [--model mlp] [--batch 64] [--device cpu]
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dev", type=int, default=1000, help="dev examples in the surrogate")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -87,7 +87,7 @@ def main() -> None:
     dev_x, dev_y = torch.randn(args.dev, *shape, device=device), torch.randint(0, C, (args.dev,), device=device)
     print(f"student {args.model}: P = {P} parameters; batch {args.batch}; dev {args.dev}; device {device}; "
           f"torch threads {torch.get_num_threads()}")
-    print("memory = peak live bytes saved for backward (saved_tensors_hooks) [+ K·2P·4 snapshot bytes]")
+    print("memory = peak live bytes saved for backward (saved_tensors_hooks) [+ K·P·4 snapshot bytes]")
     print(f"{'K':>5} {'SGD K steps s':>14} {'mode':>9} {'update s':>9} {'ratio':>6} {'saved MB':>9} "
           f"{'snap MB':>8} {'total MB':>9}")
     for K in args.ks:
@@ -129,7 +129,7 @@ def main() -> None:
                     meta.sgd_meta_grad(net, w0, batches, loss_fn, theta, dev_fn, lr=0.05, momentum=0.9, mode=mode)
                 _sync(device)
                 best, peak = min(best, time.perf_counter() - t0), max(peak, live.peak)
-            snap = K * 2 * P * 4 if mode == "snapshot" else 0
+            snap = K * P * 4 if mode == "snapshot" else 0
             extra = f"  cuda max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if device.type == "cuda" else ""
             print(f"{K:>5} {base:>14.3f} {mode:>9} {best:>9.3f} {best / base:>6.2f} {peak / 2**20:>9.1f} "
                   f"{snap / 2**20:>8.1f} {(peak + snap) / 2**20:>9.1f}{extra}", flush=True)

@@ -382,23 +382,30 @@ def train_ce(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...] = (5
                           dev_size=dev_size, eval_every=eval_every, record=record, progress_bar=progress_bar)
 
 
-def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], **kwargs) -> dict:
-    """Deploy the teacher and train the CE baseline for every seed (same kwargs for both).
+def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], *, with_ce: bool = True, **kwargs) -> dict:
+    """Deploy the teacher and (with_ce) train the CE baseline for every seed (same kwargs for both).
 
-    Returns {"seeds", "ce_test_err" [per seed, %], "dlf_test_err" [per seed, %], "ce_traces", "dlf_traces"};
-    only the first seed's traces record per-step arrays (the others keep memory small)."""
+    Returns {"seeds", "ce_test_err" [per seed, %], "dlf_test_err" [per seed, %], "ce_traces", "dlf_traces"}
+    ("ce_*" empty when with_ce=False); only the first seed's traces record per-step arrays (memory)."""
     if not seeds:
         raise ValueError(f"seeds={seeds!r} is not allowed: give at least one seed")
     out = dict(seeds=list(seeds), ce_test_err=[], dlf_test_err=[], ce_traces=[], dlf_traces=[])
     for i, s in enumerate(seeds):
         record = i == 0
-        ce = train_ce(splits, seed=s, record=record, **{k: v for k, v in kwargs.items() if k != "refresh_every"})
+        if with_ce:
+            ce = train_ce(splits, seed=s, record=record, **{k: v for k, v in kwargs.items() if k != "refresh_every"})
+            out["ce_test_err"].append(ce.metrics["test_err"])
+            out["ce_traces"].append(ce)
         dlf = deploy(teacher, splits, seed=s, record=record, **kwargs)
-        out["ce_test_err"].append(ce.metrics["test_err"])
         out["dlf_test_err"].append(dlf.metrics["test_err"])
-        out["ce_traces"].append(ce)
         out["dlf_traces"].append(dlf)
     return out
+
+
+def untrained_teacher(splits: Splits, **kwargs) -> DLFTeacher:
+    """The teacher before any update (Φ ≈ I, zero bias): the ablation that separates the loss family from
+    what the teacher learned. kwargs as DLFTeacher's (bank, static, bias, seed)."""
+    return DLFTeacher(splits.num_classes, 4 + splits.num_classes, **kwargs).to(splits.device)
 
 
 def summarize(result: dict) -> dict:
@@ -461,7 +468,8 @@ PRESETS: dict[str, dict] = {
     # the teaching default: the MNIST MLP 784-500-10 (headline), then the demo's LeNet, reduced
     "cpu": dict(dataset="mnist", load=dict(dev_size=5000), seeds=[0, 1, 2],
                 students={"mlp": _student("mlp"),
-                          "lenet": _student("lenet", pretrain_steps=100, steps=400, window=20, updates=15)},
+                          "lenet": _student("lenet", pretrain_steps=100, steps=300, window=20, updates=12,
+                                            eval_every=150)},
                 note="cpu: MNIST MLP 784-500-10 (K = 25 windows, truncated as in the demo), then LeNet, reduced"),
     # the paper's setting on a GPU: CIFAR-10 ResNets (needs the CIFAR-10 files under LABKIT_DATA)
     "paper": dict(dataset="cifar10", load=dict(dev_size=5000), seeds=[0, 1, 2, 3, 4],

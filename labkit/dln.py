@@ -478,14 +478,18 @@ def train_ce(splits: Splits, *, student: str = "mlp", student_kwargs: dict | Non
 PRESETS = {
     # CI: seconds. A small MLP on 2 000 MNIST images.
     "smoke": dict(dataset="mnist", train_size=2000, dev_size=500, student="mlp", student_kwargs={"hidden": (64,)},
-                  teacher_steps=8, K=3, batch_size=25, dev_batch_size=100, lr=0.1, seeds=(0, 1), grid=11),
-    # The teaching default: MNIST MLP 784-500-10 (the L2T-DLF student), K = 15 as in the public code.
-    "cpu": dict(dataset="mnist", train_size=None, dev_size=5000, student="mlp", student_kwargs={},
-                teacher_steps=100, K=15, batch_size=25, dev_batch_size=100, lr=0.1, seeds=(0, 1, 2), grid=21),
-    # The public code: CIFAR-10, 25k/25k split, ResNet-8 (or 20, 32), batch 25, dev batch 100, K = 15,
-    # 10 passes over 250 dev batches = 2 500 teacher steps; GPU.
+                  teacher_steps=8, K=3, batch_size=25, dev_batch_size=100, lr=0.1, update_scale=1e-3,
+                  seeds=(0, 1), grid=11, dlf=dict(window=4, updates=3, dev_size=500, pretrain_steps=6)),
+    # The teaching default: MNIST, an MLP 784-100-10; K = 5 and a few hundred teacher steps (papers.md §6's CPU toy).
+    # `dlf`: the L2T-DLF baseline's teacher training (labkit.dlf); its CE pre-training steps count in the budget.
+    "cpu": dict(dataset="mnist", train_size=None, dev_size=5000, student="mlp", student_kwargs={"hidden": (100,)},
+                teacher_steps=400, K=5, batch_size=25, dev_batch_size=100, lr=0.1, update_scale=1e-3,
+                seeds=(0, 1, 2), grid=21, dlf=dict(window=25, updates=40, dev_size=1000, pretrain_steps=200)),
+    # The public code: CIFAR-10, 25k/25k train/"val" split, ResNet-8 (or resnet20, resnet32), batch 25, dev batch
+    # 100, K = 15, SGD lr 0.1 without momentum, 10 passes over 250 dev batches = 2 500 teacher steps; a GPU.
     "paper": dict(dataset="cifar10", train_size=None, dev_size=25000, student="resnet8", student_kwargs={},
-                  teacher_steps=2500, K=15, batch_size=25, dev_batch_size=100, lr=0.1, seeds=(0, 1, 2), grid=21),
+                  teacher_steps=2500, K=15, batch_size=25, dev_batch_size=100, lr=0.1, update_scale=1e-3,
+                  seeds=(0, 1, 2), grid=21, dlf=dict(window=25, updates=200, dev_size=1000, pretrain_steps=200)),
 }
 
 

@@ -109,7 +109,7 @@ PRESETS: dict[str, Preset] = {
                     train_size=4000, episodes=4, deploy_steps=60, seeds=(0, 1, 2), teacher_lr=0.01,
                     transfer_steps=40, note="CI only: numbers mean nothing"),
     "cpu": Preset(Setup(batch_size=32, shown=32, tau=0.9, max_steps=800, lr=0.05, dev_every=20, eval_size=1000),
-                  train_size=None, episodes=40, deploy_steps=800, seeds=(0, 1, 2), teacher_lr=0.01,
+                  train_size=None, episodes=80, deploy_steps=800, seeds=(0, 1, 2), teacher_lr=0.01,
                   transfer_steps=300, transfer_seeds=(0,),
                   note="MNIST MLP with τ and T' scaled down to run in minutes on 2 CPU cores"),
     # The paper's MNIST setting as read in code (sixiaozheng: τ=0.93, T'=10 000, M=20, SGD 0.01 momentum 0.9,
@@ -274,9 +274,10 @@ class _Run:
     kept: int = 0
     features: list = field(default_factory=list)   # per draw [S, D] (teacher training only)
     actions: list = field(default_factory=list)    # per draw [S] bool
+    student: nn.Module | None = None
 
 
-def _check_split(name: str, split: Split, in_shape=None) -> None:
+def _check_split(name: str, split: Split) -> None:
     if len(split) == 0:
         raise ValueError(f"{name} is empty: it needs at least one example")
 
@@ -309,7 +310,7 @@ def _run_student(train: Split, dev: Split, setup: Setup, policy: _Policy, *, num
         avg_loss = loss_sum / step if step else log_c
         student_feats = torch.tensor([step / setup.max_steps, avg_loss / setup.loss_norm,
                                       best_dev / setup.loss_norm], device=device)
-        shown_idx, shown_keep, shown_p = [], [], []
+        shown_idx, shown_keep, shown_p, shown_feats = [], [], [], []
         draws = 0
         while len(pool) < m:
             if draws >= setup.max_draws:
@@ -333,6 +334,8 @@ def _run_student(train: Split, dev: Split, setup: Setup, policy: _Policy, *, num
                 run.actions.append(keep)
             pool = torch.cat([pool, idx[keep]])
             shown_idx.append(idx), shown_keep.append(keep), shown_p.append(p)
+            if record and features is not None:
+                shown_feats.append(features)
         if run.diverged or len(pool) < m:
             if run.diverged:
                 trace.note(f"step {step}: the student diverged (non-finite outputs); the run ends here")
@@ -348,8 +351,12 @@ def _run_student(train: Split, dev: Split, setup: Setup, policy: _Policy, *, num
         run.kept += int(shown_keep_t.sum())
         if record:
             shown_idx_t = torch.cat(shown_idx)
+            extra = {}
+            if shown_feats:  # what the teacher saw: the student's loss and margin on each shown example
+                feats = torch.cat(shown_feats)
+                extra = dict(student_loss=feats[:, -2], margin=feats[:, -1])
             trace.log_array(step + 1, keep_mask=shown_keep_t, labels=train.y[shown_idx_t], p_keep=torch.cat(shown_p),
-                            index=shown_idx_t)
+                            index=shown_idx_t, **extra)
         if not math.isfinite(value):
             run.diverged = True
             trace.note(f"step {step + 1}: the student's training loss is {value} (diverged); the run ends here")
@@ -364,12 +371,10 @@ def _run_student(train: Split, dev: Split, setup: Setup, policy: _Policy, *, num
             dev_acc = (logits.argmax(1) == dev_eval.y).float().mean().item()
             best_dev = min(best_dev, dev_loss) if math.isfinite(dev_loss) else best_dev
             values = dict(dev_acc=dev_acc, dev_loss=dev_loss, effective_at_eval=done * m)
-            acc = dev_acc
-            if test_eval is not None:
-                acc = (predict(student, test_eval.x).argmax(1) == test_eval.y).float().mean().item()
-                values["test_acc"] = acc
+            if test_eval is not None:  # reported only: τ is always judged on dev
+                values["test_acc"] = (predict(student, test_eval.x).argmax(1) == test_eval.y).float().mean().item()
             trace.log(done, **values)
-            if run.reached is None and acc >= setup.tau:
+            if run.reached is None and dev_acc >= setup.tau:
                 run.reached = done
                 if stop_at_tau:
                     break
@@ -395,18 +400,37 @@ def reward(reached: int | None, max_steps: int) -> float:
 
 def train_teacher(train: Split, dev: Split, *, setup: Setup, episodes: int, num_classes: int = 10,
                   teacher: Teacher | None = None, teacher_lr: float = 1e-3, baseline_decay: float = 0.8,
-                  seed: int = 0, progress_bar: bool | None = None) -> tuple[Teacher, Trace]:
+                  group_size: int = 1, normalize: bool = False, seed: int = 0, student_seeds: int | None = None,
+                  progress_bar: bool | None = None) -> tuple[Teacher, Trace]:
     """Train a teacher by REINFORCE over `episodes` episodes, each with a fresh student on `train`.
 
-    train: the teacher's half of the training data; dev: the dev split (τ is checked on its first
-    `setup.eval_size` examples every `setup.dev_every` steps). Episode e's student is seeded with
-    seed * 1000 + e. The teacher's Adam optimizer lives across episodes; the baseline is an EMA,
-    b <- decay·b + (1 − decay)·r, started at the first reward. An episode whose student diverges is
-    noted in the Trace and its update skipped.
-    Trace scalars per episode: "reward", "baseline", "steps_to_tau", "keep_rate", "p_keep_mean".
+    train: the teacher's half of the training data; dev: the dev data that decides τ (checked on its first
+    `setup.eval_size` examples every `setup.dev_every` steps). The reward of an episode is r = −log(i_τ/T').
+
+    group_size = 1 (the paper): episode e's student (initial weights and data order) is seeded with
+    seed * 1000 + e (or cycles through `student_seeds` seeds); the baseline is an EMA,
+    b <- decay·b + (1 − decay)·r, started at the first reward; one teacher update per episode.
+
+    group_size = k >= 2 (a variance-reduction deviation from the paper: common random numbers): the
+    episodes come in groups of k that share one student seed, so the k students start from the same weights
+    and are shown the same stream of examples; only the teacher's sampled keep/drop decisions differ. The
+    baseline of an episode is the mean reward of its group, so the advantage r − mean reflects the teacher's
+    decisions rather than the student's luck; with normalize=True it is also divided by the group's reward
+    std (skipped when all rewards tie). One teacher update per group. `episodes` is rounded down to a
+    multiple of k.
+
+    The policy-gradient loss of an episode is −A · mean over its decisions of log π(a|s): the mean (not the
+    paper's sum) keeps the step size independent of the episode's length and of M; with Adam, which divides
+    by the gradient's running scale, the two differ mostly in how episodes of different lengths are weighed.
+    The teacher's Adam optimizer lives across episodes. An episode whose student diverges is noted in the
+    Trace and left out of the update.
+    Trace scalars per episode: "reward", "baseline", "advantage", "steps_to_tau", "keep_rate", "p_keep_mean".
     """
     setup.check()
     _check_int("episodes", episodes, 1)
+    _check_int("group_size", group_size, 1, episodes)
+    if student_seeds is not None:
+        _check_int("student_seeds", student_seeds, 1)
     _check_int("seed", seed, 0)
     _check_split("train", train)
     _check_split("dev", dev)
@@ -420,38 +444,59 @@ def train_teacher(train: Split, dev: Split, *, setup: Setup, episodes: int, num_
         raise ValueError(f"teacher is for {teacher.num_classes} classes but num_classes={num_classes}")
     opt = torch.optim.Adam(teacher.parameters(), lr=teacher_lr)
     trace = Trace(config=dict(episodes=episodes, teacher_lr=teacher_lr, baseline_decay=baseline_decay, seed=seed,
+                              group_size=group_size, normalize=normalize, student_seeds=student_seeds,
                               num_classes=num_classes, **asdict(setup)))
     baseline = None
     generator = torch.Generator(device=device)
-    for episode in progress(range(episodes), total=episodes, desc="teacher", enabled=progress_bar):
-        episode_seed = seed * 1000 + episode
-        generator.manual_seed(episode_seed)
-        policy = _make_policy("l2t", teacher=teacher, sample=True, keep_rate=None, spl=(0, 0),
-                              steps=setup.max_steps, generator=generator)
-        run = _run_student(train, dev, setup, policy, num_classes=num_classes, seed=episode_seed,
-                           steps=setup.max_steps, stop_at_tau=True, collect=True)
-        if run.diverged or run.steps_done == 0:
-            for message in run.trace.messages:
-                trace.note(f"episode {episode}: {message}")
-            trace.note(f"episode {episode}: the student diverged or never stepped; the teacher update is skipped")
+    groups = episodes // group_size
+    for g in progress(range(groups), total=groups, desc="teacher", enabled=progress_bar):
+        runs = []
+        for k in range(group_size):
+            episode = g * group_size + k
+            unit = g if group_size > 1 else episode   # the student's seed index: shared inside a group
+            episode_seed = seed * 1000 + (unit % student_seeds if student_seeds else unit)
+            generator.manual_seed(seed * 1_000_003 + episode)
+            policy = _make_policy("l2t", teacher=teacher, sample=True, keep_rate=None, spl=(0, 0),
+                                  steps=setup.max_steps, generator=generator)
+            run = _run_student(train, dev, setup, policy, num_classes=num_classes, seed=episode_seed,
+                               steps=setup.max_steps, stop_at_tau=True, collect=True)
+            if run.diverged or run.steps_done == 0:
+                for message in run.trace.messages:
+                    trace.note(f"episode {episode}: {message}")
+                trace.note(f"episode {episode}: the student diverged or never stepped; the teacher update is skipped")
+                continue
+            runs.append((episode, run, reward(run.reached, setup.max_steps)))
+        if not runs:
             continue
-        r = reward(run.reached, setup.max_steps)
-        baseline = r if baseline is None else baseline
-        advantage = r - baseline
-        features = torch.cat([f for f in run.features if f is not None])
-        actions = torch.cat(run.actions)
-        # REINFORCE: every decision of the episode shares the terminal reward; the mean over decisions keeps
-        # the step size independent of the episode's length.
-        loss = -(advantage * teacher.log_prob(features, actions)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        rewards = np.array([r for _, _, r in runs])
+        if group_size == 1:
+            baseline = rewards[0] if baseline is None else baseline
+            baselines = np.array([baseline])
+            advantages = rewards - baseline
+        else:
+            baselines = np.full(len(runs), rewards.mean())
+            advantages = rewards - baselines
+            if normalize and rewards.std() > 1e-8:
+                advantages = advantages / rewards.std()
+        loss = 0.0
+        for (_, run, _), advantage in zip(runs, advantages):
+            features = torch.cat([f for f in run.features if f is not None])
+            actions = torch.cat(run.actions)
+            # REINFORCE: every decision of the episode shares the terminal reward (mean over decisions, see above)
+            loss = loss - float(advantage) * teacher.log_prob(features, actions).mean() / len(runs)
+        if torch.is_tensor(loss):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         with torch.no_grad():
-            p_mean = teacher(features).mean().item()
-        trace.log(episode, reward=r, baseline=baseline, advantage=advantage,
-                  steps_to_tau=run.reached if run.reached else float("nan"),
-                  keep_rate=run.kept / max(run.shown, 1), p_keep_mean=p_mean)
-        baseline = baseline_decay * baseline + (1 - baseline_decay) * r
+            p_means = [float(teacher(torch.cat(run.features)).mean()) for _, run, _ in runs]
+        for (episode, run, r), b, advantage, p_mean in zip(runs, baselines, advantages, p_means):
+            trace.log(episode, reward=r, baseline=float(b), advantage=float(advantage),
+                      steps_to_tau=run.reached if run.reached else float("nan"),
+                      keep_rate=run.kept / max(run.shown, 1),
+                      p_keep_mean=p_mean)
+        if group_size == 1:
+            baseline = baseline_decay * baseline + (1 - baseline_decay) * float(rewards[0])
     if "reward" in trace.scalars:
         rewards = trace.series("reward")[1]
         q = max(len(rewards) // 4, 1)
@@ -471,13 +516,16 @@ def deploy(method: str, train: Split, dev: Split, test: Split, *, setup: Setup, 
     method: "l2t" (the frozen teacher, keep when p >= 0.5), "noteach" (keep all), "randteach" (keep each
     example with probability `keep_rate`, e.g. L2T's measured keep rate), "spl" (self-paced: keep the
     examples whose loss is under λ_t, growing linearly from spl[0] to spl[1];
-    default (1, 3)·ln C, so about half the examples of an untrained student pass at first).
+    default (1.5, 3)·ln C: an untrained student's losses are all near ln C, so every example passes at
+    first (a lower start drops whole classes whose initial loss happens to be above it, and they are
+    never learned); later the confidently wrong examples, loss above λ_t, are left out).
     model: the student (default setup.model), e.g. "lenet" for the transfer experiment.
     Every `setup.dev_every` steps the dev and test accuracy are measured on their first `setup.eval_size`
-    examples; τ is judged on that test accuracy (the paper's curves are test accuracy against
-    effective training examples).
+    examples; τ is judged on the dev accuracy (pass a dev split the teacher was not trained on), the test
+    accuracy is only reported (the paper's curves are test accuracy against effective training examples).
     Trace: scalars "loss", "effective_examples" (per step), "dev_acc", "test_acc", "effective_at_eval" (per check);
-    with record=True, arrays per step "keep_mask", "labels", "p_keep", "index" (into `train`) of the examples shown.
+    with record=True, arrays per step "keep_mask", "labels", "p_keep", "index" (into `train`) of the examples shown,
+    and for the policies that look at the student (l2t, spl) their "student_loss" −log p_y and "margin".
     metrics: effective_examples_to_tau (None if τ was not reached), keep_rate, test_acc (whole test split), ...
     """
     setup = setup.check()
@@ -485,13 +533,17 @@ def deploy(method: str, train: Split, dev: Split, test: Split, *, setup: Setup, 
     _check_int("seed", seed, 0)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not allowed: choose one of {', '.join(METHODS)}")
+    for name, split in (("train", train), ("dev", dev), ("test", test)):
+        _check_split(name, split)
+    if teacher is not None and teacher.num_classes != num_classes:
+        raise ValueError(f"teacher is for {teacher.num_classes} classes but num_classes={num_classes}")
     if model is not None:
         setup = replace(setup, model=model)
     device = train.x.device
     generator = torch.Generator(device=device).manual_seed(seed * 7919 + 1)
     log_c = math.log(num_classes)
     policy = _make_policy(method, teacher=teacher.to(device) if teacher is not None else None, sample=False,
-                          keep_rate=keep_rate, spl=spl or (1.0 * log_c, 3.0 * log_c), steps=steps,
+                          keep_rate=keep_rate, spl=spl or (1.5 * log_c, 3.0 * log_c), steps=steps,
                           generator=generator)
     run = _run_student(train, dev, setup, policy, num_classes=num_classes, seed=seed, steps=steps,
                        stop_at_tau=False, test=test, record=record, progress_bar=progress_bar, desc=method)

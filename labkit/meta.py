@@ -72,8 +72,8 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
 
     mode "unroll": autograd through all K steps (`unroll_sgd` with create_graph): memory grows with K times the
         activations of a step plus the double-backward graph.
-    mode "snapshot": run the K steps without a graph, keep w_t and v_t of each step (memory K·2P numbers, no
-        activations), then sweep backwards with one Hessian-vector product per step (Maclaurin et al. 2015 style):
+    mode "snapshot": run the K steps without a graph, keep w_t of each step (memory K·P numbers, no activations;
+        the reverse sweep does not need v_t), then sweep backwards with one Hessian-vector product per step (Maclaurin et al. 2015 style):
             ḡ = v̄_{t+1} - lr w̄_{t+1};  w̄_t = w̄_{t+1} + ∂(∇_w L_t · ḡ)/∂w_t;  θ̄ += ∂(∇_w L_t · ḡ)/∂θ;  v̄_t = μ ḡ.
     Both modes give the same numbers up to floating-point rounding (tested against finite differences).
 
@@ -97,7 +97,8 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
         return (grads, {n: p.detach() for n, p in w_k.items()}, {n: v.detach() for n, v in v_k.items()},
                 dev.item(), losses)
 
-    # snapshot mode: forward without a graph, keeping (w_t, v_t)
+    # snapshot mode: forward without a graph, keeping w_t (detach() shares storage: no copy; nothing is
+    # ever written in place, so the stored tensors stay the weights of their step)
     w = {n: p.detach() for n, p in params.items()}
     v = ({n: t.detach() for n, t in velocity.items()} if velocity is not None
          else {n: torch.zeros_like(p) for n, p in w.items()})
@@ -105,14 +106,14 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     losses = []
     for k, (x, y) in enumerate(batches):
         snapshots.append(w)
-        w_req = {n: p.requires_grad_() for n, p in ((n, p.clone()) for n, p in w.items())}
+        w_req = {n: p.detach().requires_grad_() for n, p in w.items()}
         loss = loss_fn(functional_call(model, w_req, (x,)), y, k)
         grads = torch.autograd.grad(loss, [w_req[n] for n in names])
         with torch.no_grad():
             v = {n: momentum * v[n] + g for n, g in zip(names, grads)}
             w = {n: w[n] - lr * v[n] for n in names}
         losses.append(loss.item())
-    w_final = {n: p.requires_grad_() for n, p in ((n, p.clone()) for n, p in w.items())}
+    w_final = {n: p.detach().requires_grad_() for n, p in w.items()}
     dev = dev_fn(w_final)
     w_bar = _flat_grads(dev, [w_final[n] for n in names])
     v_bar = [torch.zeros_like(g) for g in w_bar]  # D does not read v_K
@@ -120,7 +121,7 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     for k in range(len(batches) - 1, -1, -1):
         x, y = batches[k]
         g_bar = [vb - lr * wb for vb, wb in zip(v_bar, w_bar)]  # adjoint of ∇_w L_k
-        w_req = {n: snapshots[k][n].clone().requires_grad_() for n in names}
+        w_req = {n: snapshots[k][n].detach().requires_grad_() for n in names}
         inputs = [w_req[n] for n in names]
         loss = loss_fn(functional_call(model, w_req, (x,)), y, k)
         grads = torch.autograd.grad(loss, inputs, create_graph=True)

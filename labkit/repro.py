@@ -96,9 +96,16 @@ _REMOTE_SCRIPT = re.compile(r'<script[^>]*\bsrc="https?://[^"]*"[^>]*>\s*</scrip
 _REMOTE_REF = re.compile(r'<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="(https?://[^"]*)"', re.IGNORECASE)
 
 
+# nbconvert's ipywidgets loader fetches the widget manager from unpkg.com whenever widget state is saved.
+# (Its mermaid loader, from cdnjs, runs only when a page has mermaid diagrams; ours have none. The plotly.js
+# bundle holds URLs in strings that it never fetches. The browser test checks what a page really fetches.)
+_CDN = re.compile(r"""["'](https?://unpkg\.com/[^"']*)["']""")
+
+
 def remote_references(page: str) -> list[str]:
-    """URLs a page would fetch when opened (script/link/img/iframe with an http(s) src or href)."""
-    return _REMOTE_REF.findall(page)
+    """URLs a page would fetch when opened: script/link/img/iframe with an http(s) src or href, and the
+    unpkg.com URLs of nbconvert's widget loader."""
+    return _REMOTE_REF.findall(page) + _CDN.findall(page)
 
 
 def export_html(notebook: str | Path, target: str | Path | None = None) -> Path:
@@ -115,6 +122,12 @@ def export_html(notebook: str | Path, target: str | Path | None = None) -> Path:
     notebook = Path(notebook)
     target = Path(target) if target is not None else notebook.with_suffix(".html")
     nb = nbformat.read(notebook, as_version=4)
+    # ipywidgets outputs (e.g. tqdm.auto progress bars) make nbconvert load the widget manager from unpkg.com:
+    # drop the widget state and the widget views, so their text/plain form (the bar as text) is shown instead.
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
     stem = notebook.name[: -len(PARTIAL_SUFFIX)] if notebook.name.endswith(PARTIAL_SUFFIX) else notebook.stem
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb, resources={"metadata": {"name": stem}})
     body = _REMOTE_SCRIPT.sub("", body)
@@ -174,7 +187,8 @@ def describe_error(exc: BaseException) -> str:
         return f"{type(exc).__name__}: {exc}".strip()
     source = (getattr(exc, "source", "") or "").strip().splitlines()
     first = source[0] if source else ""
-    return (f"cell {index} (execution count {getattr(exc, 'exec_count', None)}), starting {first!r}: "
+    return (f"cell {index} of the executed notebook (execution count {getattr(exc, 'exec_count', None)}), "
+            f"starting {first!r}: "
             f"{getattr(exc, 'ename', '')}: {getattr(exc, 'evalue', '')}")
 
 
@@ -190,7 +204,7 @@ def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: 
     partial = directory / f"{stem}{PARTIAL_SUFFIX}"
     failed = directory / f"{stem}{FAILED_SUFFIX}"
     # A metrics.json without the executed notebook is from a run killed after its last cell: not trusted.
-    for stale in (directory / METRICS_FILE, final, partial, failed):
+    for stale in (directory / METRICS_FILE, final, partial, failed, directory / f"{stem}.html"):
         stale.unlink(missing_ok=True)
     start = time.perf_counter()
     try:
@@ -257,6 +271,8 @@ def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: int = 2,
 class Comparison:
     """A measured metrics.json key of a notebook that corresponds to a number a paper reports.
 
+    when: (key, value) pairs the run's metrics.json must hold for the row to apply (e.g. which student or
+      configuration the unprefixed headline keys describe).
     convert: how the notebook's value becomes the paper's unit:
       "pct" (fraction -> %), "pct_err_from_acc" (accuracy fraction -> % error), "same".
     """
@@ -265,25 +281,57 @@ class Comparison:
     paper: str
     reported: str   # Reported.key in labkit.papers
     convert: str = "pct"
+    when: tuple[tuple[str, object], ...] = ()
+
+    def applies(self, metrics: dict) -> bool:
+        return _number(metrics.get(self.key)) is not None and all(metrics.get(k) == v for k, v in self.when)
 
 
-# Explicit, small, and tolerant: rows whose notebook or key is absent from the runs are left out.
-# The settings differ (budgets, models: see each row's preset and the paper's setting); the gap says by how much.
+def _dlf_comparisons() -> list[Comparison]:
+    """02 writes its first student's numbers unprefixed (with "student": name) and the others prefixed,
+    as % test error already (10.2 means 10.2 %)."""
+    students = {"mlp": "mnist_mlp", "lenet": "mnist_lenet", "resnet8": "cifar10_resnet8",
+                "resnet20": "cifar10_resnet20", "resnet32": "cifar10_resnet32"}
+    rows = []
+    for student, setting in students.items():
+        for method in ("ce", "dlf"):
+            reported = f"{setting}_{method}_test_err"
+            rows.append(Comparison("l2t_dlf_dynamic_loss", f"{method}_test_err_mean", "dlf", reported, "same",
+                                   when=(("student", student),)))
+            rows.append(Comparison("l2t_dlf_dynamic_loss", f"{student}_{method}_test_err_mean", "dlf", reported,
+                                   "same"))
+    return rows
+
+
+def _lot_comparisons() -> list[Comparison]:
+    """04 names configurations dataset_teacherdepth_studentdepth and writes accuracies as fractions; its headline configuration's numbers are
+    unprefixed (with "headline_config": name), the others prefixed by the name. Teacher-only is compared with
+    the paper's teacher-only model of the same depth."""
+    rows = []
+    for dataset in ("cifar10", "cifar100"):
+        for t, st in (("20", "20"), ("20", "56"), ("56", "20"), ("56", "56")):
+            config = f"{dataset}_{t}_{st}"
+            for method, reported in (("lot", f"{config}_lot_test_acc"),
+                                     ("teacher_only", f"{dataset}_{t}_{t}_teacher_only_test_acc")):
+                rows.append(Comparison("lot_learning_from_teaching", f"{method}_test_acc_mean", "lot", reported,
+                                       when=(("headline_config", config),)))
+                rows.append(Comparison("lot_learning_from_teaching", f"{config}_{method}_test_acc_mean", "lot",
+                                       reported))
+    return rows
+
+
+# Explicit and small; tolerant: rows whose notebook, key or condition is absent from the runs are left out, and
+# a notebook's other headline numbers are listed without a paper. The settings differ (budgets, models: see each
+# row's preset and the paper's setting); the gap says by how much.
 COMPARISONS: tuple[Comparison, ...] = (
-    Comparison("tour", "test_err", "dlf", "mnist_mlp_ce_test_err"),
-    Comparison("tour", "test_err_mean", "dlf", "mnist_mlp_ce_test_err"),
+    # The tour trains the L2T/L2T-DLF MLP student with cross-entropy: the CE baseline of L2T-DLF's Table 1.
     Comparison("tour", "test_acc", "dlf", "mnist_mlp_ce_test_err", "pct_err_from_acc"),
-    Comparison("l2t_dlf_dynamic_loss", "ce_test_err_mean", "dlf", "mnist_mlp_ce_test_err"),
-    Comparison("l2t_dlf_dynamic_loss", "dlf_test_err_mean", "dlf", "mnist_mlp_dlf_test_err"),
-    Comparison("l2t_dlf_dynamic_loss", "ce_test_err", "dlf", "mnist_mlp_ce_test_err"),
-    Comparison("l2t_dlf_dynamic_loss", "dlf_test_err", "dlf", "mnist_mlp_dlf_test_err"),
-    Comparison("lot_learning_from_teaching", "teacher_only_test_acc_mean", "lot", "cifar10_20_20_teacher_only_test_acc"),
-    Comparison("lot_learning_from_teaching", "lot_test_acc_mean", "lot", "cifar10_20_20_lot_test_acc"),
-    Comparison("lot_learning_from_teaching", "teacher_only_test_acc", "lot", "cifar10_20_20_teacher_only_test_acc"),
-    Comparison("lot_learning_from_teaching", "lot_test_acc", "lot", "cifar10_20_20_lot_test_acc"),
+    *_dlf_comparisons(),
+    *_lot_comparisons(),
 )
 _CONVERT = {"pct": lambda v: 100.0 * v, "pct_err_from_acc": lambda v: 100.0 * (1.0 - v), "same": lambda v: v}
 _IGNORED_KEYS = {"notebook", "preset", "seed", "seeds"}
+_QUALITY = re.compile(r"acc|err|loss|ppl|perplexity|kl")
 
 
 @dataclass
@@ -345,21 +393,23 @@ def rows(out: str | Path) -> list[Row]:
     table: list[Row] = []
     for (stem, preset), runs in sorted(gather(out).items()):
         name = short_name(stem)
-        mapped = [c for c in COMPARISONS if c.notebook == name and all(_number(m.get(c.key)) is not None for m in runs)]
+        mapped = [c for c in COMPARISONS if c.notebook == name and all(c.applies(m) for m in runs)]
         # Prefer the "_mean" key over its single-seed twin when both map to the same paper number.
         seen: set[str] = set()
-        for c in sorted(mapped, key=lambda c: not c.key.endswith("_mean")):
-            if c.reported in seen:
+        for c in mapped:
+            if c.reported in seen:   # the unprefixed headline and its prefixed twin: show it once
                 continue
             seen.add(c.reported)
             reported = get_reported(c.paper, c.reported)
             values = [_CONVERT[c.convert](_number(m[c.key])) for m in runs]
-            table.append(Row(c.paper, stem, preset, c.key, values, reported.unit, reported))
+            label = f"100·(1 − {c.key})" if c.convert == "pct_err_from_acc" else c.key
+            table.append(Row(c.paper, stem, preset, label, values, reported.unit, reported))
         used = {c.key for c in mapped}
-        numeric = sorted({k for m in runs for k, v in m.items()
-                          if k not in _IGNORED_KEYS and k not in used and _number(v) is not None})
-        headline = [k for k in numeric if k.endswith("_mean")] or [k for k in numeric if not k.endswith("_std")]
-        for key in headline:
+        numeric = sorted({k for m in runs for k, v in m.items() if k not in _IGNORED_KEYS and _number(v) is not None})
+        # A notebook's headline numbers: its "<key>_mean" keys if it has any, else its quality measures.
+        headline = ([k for k in numeric if k.endswith("_mean")]
+                    or [k for k in numeric if _QUALITY.search(k) and not k.endswith("_std")])
+        for key in (k for k in headline if k not in used):
             values = [_number(m.get(key)) for m in runs]
             if all(v is not None for v in values):
                 table.append(Row("", stem, preset, key, values))

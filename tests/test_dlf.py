@@ -211,3 +211,22 @@ def test_phi_pair_changes():
     assert out["fall"] == [("b", "a", pytest.approx(-0.4))]
     with pytest.raises(ValueError, match="phi"):
         dlf.phi_pair_changes(phi, ["a", "b"])
+
+
+def test_views_read_the_trace():
+    from labkit import plots
+    from labkit.trace import Trace
+
+    trace = Trace()
+    for t in range(5):
+        phi = np.eye(3)
+        phi[0, 1] = 0.1 * t
+        trace.log_array(t, phi=phi, attention=np.array([0.5, 0.5]))
+    trace.log_array(5, confusion=np.eye(3))
+    fig = plots.dlf_phi_scrubber(trace, ["a", "b", "c"])
+    assert len(fig.frames) == 5 and fig.data[0].zmin == -0.4 and fig.data[0].zmax == 0.4  # fixed, symmetric scale
+    assert list(fig.data[0].x) == ["a", "b", "c"] and list(fig.data[0].y) == ["a", "b", "c"]
+    assert len(plots.dlf_attention_curves(trace).data) == 2
+    changes = dlf.phi_pair_changes(trace.stack("phi")[1], ["a", "b", "c"], top=2)
+    fig = plots.dlf_pairs_and_confusion(changes, trace.stack("confusion")[1][-1], ["a", "b", "c"])
+    assert fig.data[0].x[0] == pytest.approx(0.4)

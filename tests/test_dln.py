@@ -61,8 +61,8 @@ def test_preprocess_gradients():
     out = dln.preprocess_gradients(g)
     assert out.shape == (5, 2)
     assert torch.allclose(out[0], torch.tensor([0.0, 1.0]), atol=1e-6)
-    assert torch.allclose(out[1], torch.tensor([np.log(1e-2) / 10, -1.0]), atol=1e-5)
-    assert out[2, 0] == -1 and torch.isclose(out[2, 1], torch.tensor(np.exp(10) * 1e-6, dtype=torch.float32))
+    assert torch.allclose(out[1], torch.tensor([float(np.log(1e-2)) / 10, -1.0]), atol=1e-5)
+    assert out[2, 0] == -1 and torch.isclose(out[2, 1], torch.tensor(float(np.exp(10)) * 1e-6))
     assert out[4, 0] == -1 and out[4, 1] == 0
 
 
@@ -84,19 +84,23 @@ def test_meta_gradient_through_loss_network_matches_finite_differences(momentum)
         return value.item()
 
     g = torch.Generator().manual_seed(1)
-    eps = 1e-5
+    # A small step: the DLN is piecewise linear (LeakyReLU), and a larger step crosses kinks in some of its
+    # 160 units x 24 rows x K steps; float64 leaves ample precision at 1e-7.
+    eps = 1e-7
     for _ in range(3):  # random directions through all 5 000 weights
         d = {n: torch.randn(w.shape, generator=g, dtype=torch.float64) for n, w in weights.items()}
         analytic = sum((grads[n] * d[n]).sum().item() for n in weights)
         numeric = (f({n: weights[n] + eps * d[n] for n in weights})
                    - f({n: weights[n] - eps * d[n] for n in weights})) / (2 * eps)
         assert _rel_err(analytic, numeric) < 1e-6, (analytic, numeric)
-    # and single coordinates of the first and the last layer
-    for name, idx in [("layers.0.weight", (3, 1)), ("layers.4.weight", (0, 7))]:
+    # and single coordinates: the largest gradient entry of the first and of the last layer
+    for name in ("layers.0.weight", "layers.4.weight"):
+        idx = np.unravel_index(int(grads[name].abs().argmax()), grads[name].shape)
         e = {n: torch.zeros_like(w) for n, w in weights.items()}
         e[name][idx] = 1.0
-        numeric = (f({n: weights[n] + eps * e[n] for n in weights})
-                   - f({n: weights[n] - eps * e[n] for n in weights})) / (2 * eps)
+        h = 1e-6
+        numeric = (f({n: weights[n] + h * e[n] for n in weights})
+                   - f({n: weights[n] - h * e[n] for n in weights})) / (2 * h)
         assert _rel_err(grads[name][idx].item(), numeric) < 1e-6
 
 
@@ -121,7 +125,7 @@ def test_lstm_meta_gradient_matches_finite_differences():
     grads = torch.autograd.grad(dev_of(theta), list(theta.values()))
     grads = dict(zip(theta, grads))
     gen = torch.Generator().manual_seed(2)
-    eps = 1e-5
+    eps = 1e-7
     for _ in range(3):
         d = {n: torch.randn(p.shape, generator=gen, dtype=torch.float64) for n, p in theta.items()}
         analytic = sum((grads[n] * d[n]).sum().item() for n in theta)

@@ -27,7 +27,7 @@ def write_notebook(path: Path, body: str) -> None:
             "import json, os, uuid\nfrom pathlib import Path\n"
             "def finish(**extra):\n"
             "    m = dict(preset=preset, seed=seed, run_id=uuid.uuid4().hex,\n"
-            "             static=os.environ.get('LABKIT_STATIC'), score=0.1 * (seed + 1), **extra)\n"
+            "             static=os.environ.get('LABKIT_STATIC'), test_acc=0.1 * (seed + 1), **extra)\n"
             "    Path(out_dir, 'metrics.json').write_text(json.dumps(m))"),
         nbformat.v4.new_code_cell(body),
     ]
@@ -61,6 +61,7 @@ def test_names_and_presets(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.notebook   # executes tiny notebooks with papermill (about 15 s)
 def test_failure_reported_others_go_on_then_resume(tmp_path, capsys):
     nbs, out = tmp_path / "notebooks", tmp_path / "runs"
     nbs.mkdir()
@@ -72,7 +73,7 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capsys):
 
     assert cli.main(args) == 1                       # some runs failed
     err = capsys.readouterr().err
-    assert "FAILED 01_bad smoke seed 0: cell 2" in err and "RuntimeError: boom at seed 0" in err
+    assert "FAILED 01_bad smoke seed 0: cell 3 of the executed notebook (execution count 4), starting 'x = 1'" in err and "RuntimeError: boom at seed 0" in err
     assert "FAILED 02_silent smoke seed 1" in err and "wrote no metrics.json" in err
     for stem in ("00_good", "03_good"):              # the notebook after the failures ran too
         for seed in (0, 1):
@@ -101,11 +102,12 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capsys):
 
     text = repro.report(out)
     assert (out / "report.md").read_text() == text and (out / "report.html").is_file()
-    assert "| 00_good | smoke | score | 0.15 ± 0.071 (n=2)" in text
+    assert "| 00_good | smoke | test_acc | 0.15 ± 0.071 (n=2)" in text
     assert "01_bad" not in text.split("Failed runs")[0]                  # no row for a notebook with no complete run
     assert "01_bad/smoke/seed-0/01_bad.failed.ipynb" in text.split("Failed runs")[1]
 
 
+@pytest.mark.notebook   # executes a tiny notebook with papermill, twice (about 20 s)
 def test_killed_process_resumes(tmp_path):
     """SIGKILL `labkit reproduce` while seed 1 runs; the rerun does only seed 1."""
     nbs, out = tmp_path / "notebooks", tmp_path / "runs"
@@ -147,19 +149,33 @@ def _fake_run(out: Path, stem: str, preset: str, seed: int, complete: bool = Tru
 def test_report_against_papers(tmp_path, capsys):
     out = tmp_path / "runs"
     stem = "02_l2t_dlf_dynamic_loss"
-    _fake_run(out, stem, "cpu", 0, ce_test_err_mean=0.020, ce_test_err_std=0.001, dlf_test_err_mean=0.019)
-    _fake_run(out, stem, "cpu", 1, ce_test_err_mean=0.022, ce_test_err_std=0.001, dlf_test_err_mean=0.021)
-    _fake_run(out, stem, "cpu", 2, complete=False, ce_test_err_mean=0.9, dlf_test_err_mean=0.9)  # killed: ignored
-    _fake_run(out, "00_tour", "smoke", 0, test_acc=0.97, test_loss=0.1)
+    _fake_run(out, stem, "cpu", 0, student="mlp", ce_test_err_mean=2.0, ce_test_err_std=0.1,
+              dlf_test_err_mean=1.9, lenet_dlf_test_err_mean=1.0, seconds=12.0)
+    _fake_run(out, stem, "cpu", 1, student="mlp", ce_test_err_mean=2.2, ce_test_err_std=0.1,
+              dlf_test_err_mean=2.1, lenet_dlf_test_err_mean=1.2, seconds=13.0)
+    _fake_run(out, stem, "cpu", 2, complete=False, student="mlp", ce_test_err_mean=0.9, dlf_test_err_mean=0.9)  # killed
+    _fake_run(out, stem, "paper", 0, student="lenet", ce_test_err_mean=1.1, dlf_test_err_mean=0.8)
+    _fake_run(out, "04_lot_learning_from_teaching", "smoke", 0, headline_config="mnist_mlp_mlp", lot_test_acc_mean=0.9)
+    _fake_run(out, "04_lot_learning_from_teaching", "paper", 0, headline_config="cifar10_20_56",
+              lot_test_acc_mean=0.9, teacher_only_test_acc_mean=0.91)
+    _fake_run(out, "00_tour", "smoke", 0, test_acc=0.97, test_loss=0.1, steps=300)
     _fake_run(out, "05_future", "smoke", 0, new_metric_mean=3.0, new_metric_std=0.1)             # not mapped yet
     assert cli.main(["report", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| Wu et al. (dlf) | 02_l2t_dlf_dynamic_loss | cpu | ce_test_err_mean | 2.1 ± 0.14 (n=2) % test error " \
            "| 1.94 % test error | recalled | MNIST, MLP, cross-entropy | +0.16 |" in text
     assert "| dlf_test_err_mean | 2 ± 0.14 (n=2) % test error | 1.69 % test error | recalled |" in text
-    assert "| 00_tour | smoke | test_acc | 3 ± 0 (n=1) % test error | 1.94 % test error" in text  # 100·(1−acc)
+    assert "| lenet_dlf_test_err_mean | 1.1 ± 0.14 (n=2) % test error | 0.77 % test error |" in text
+    assert "| 02_l2t_dlf_dynamic_loss | paper | ce_test_err_mean | 1.1 ± 0 (n=1) % test error | 0.98 % test error" in text
+    assert "| — | 04_lot_learning_from_teaching | smoke | lot_test_acc_mean | 0.9 ± 0 (n=1) | — |" in text
+    assert "| paper | lot_test_acc_mean | 90 ± 0 (n=1) % test acc | 92.85 ± 0.04 % test acc | review | " \
+           "CIFAR-10, LoT 20_56 | -2.85 |" in text
+    assert "| paper | teacher_only_test_acc_mean | 91 ± 0 (n=1) % test acc | 92.1 ± 0.01 % test acc |" in text
+    assert "| 00_tour | smoke | 100·(1 − test_acc) | 3 ± 0 (n=1) % test error | 1.94 % test error" in text
+    assert "| 00_tour | smoke | test_loss | 0.1 ± 0 (n=1) |" in text
+    assert "| steps |" not in text and "| seconds |" not in text
     assert "| — | 05_future | smoke | new_metric_mean | 3 ± 0 (n=1) | — |" in text
-    assert "ce_test_err_std" not in text and "0.9" not in text
+    assert "ce_test_err_std" not in text          # the killed seed 2 (0.9) is out: n=2 above
     html = (out / "report.html").read_text()
     assert "<td>recalled</td>" in html and "1.94 % test error" in html
     with pytest.raises(ValueError, match="is not a folder"):

@@ -1,0 +1,72 @@
+"""Cost of one LoT teacher step with N student steps, against one plain PyTorch teacher-only step.
+
+The bar (issue 5): a LoT step costs at most 1.4 x (1 + N) plain steps. Both are measured in the same run,
+on MNIST-shaped synthetic data held as tensors (no loading), with the MLP and LeNet at batch 128.
+Timings on a shared CPU are noisy: each number is the best of `--rounds` rounds.
+
+    python benchmarks/bench_lot.py [--steps 40] [--rounds 3] [--models mlp lenet] [--n 1 2 4]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from labkit import lot
+from labkit.data import from_tensors
+from labkit.models import build
+
+
+def plain_steps(splits, model: str, steps: int, batch_size: int) -> float:
+    """Seconds per step of a hand-written PyTorch SGD loop (the teacher-only step)."""
+    net = build(model, splits.in_shape, splits.num_classes, seed=0)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(len(splits.train), (batch_size,), generator=g)
+        loss = F.cross_entropy(net(splits.train.x[idx]), splits.train.y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - start) / steps
+
+
+def lot_steps(splits, model: str, steps: int, batch_size: int, n: int) -> float:
+    """Seconds per teacher step of labkit.lot.train_lot with one student and N = n (evaluation off)."""
+    start = time.perf_counter()
+    lot.train_lot(splits, model=model, steps=steps, batch_size=batch_size, student_steps=n, lr=0.05,
+                  eval_every=0, probe_size=64, progress_bar=False)
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--models", nargs="+", default=["mlp", "lenet"])
+    ap.add_argument("--n", nargs="+", type=int, default=[1, 2, 4])
+    args = ap.parse_args()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4096, 1, 28, 28, generator=g), torch.randint(10, (4096,), generator=g)
+    splits = from_tensors(x, y, dev_size=64, test=(x[:64], y[:64]), num_classes=10)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+          f"{args.steps} steps, best of {args.rounds} rounds")
+    print(f"{'model':6} {'N':>2} {'plain ms':>9} {'LoT ms':>9} {'LoT/((1+N) plain)':>18}  bar <= 1.40")
+    worst = 0.0
+    for model in args.models:
+        plain_steps(splits, model, 5, args.batch_size)                      # warm-up
+        base = min(plain_steps(splits, model, args.steps, args.batch_size) for _ in range(args.rounds))
+        for n in args.n:
+            t = min(lot_steps(splits, model, args.steps, args.batch_size, n) for _ in range(args.rounds))
+            ratio = t / ((1 + n) * base)
+            worst = max(worst, ratio)
+            print(f"{model:6} {n:>2} {1e3 * base:9.2f} {1e3 * t:9.2f} {ratio:18.2f}  {'ok' if ratio <= 1.4 else 'OVER'}")
+    print(f"worst ratio {worst:.2f} (bar 1.40)")
+
+
+if __name__ == "__main__":
+    main()
