@@ -56,6 +56,19 @@ def dlf_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor, bias: tor
     return loss.mean()
 
 
+def student_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor | None = None,
+                 alpha: float = 0.0) -> torch.Tensor:
+    """The student's training loss: α·CE + (1 − α)·l_Φ (the official demo's `--combine_loss`, α = 0.5 there).
+
+    alpha = 0 is the pure bilinear loss `dlf_loss`; alpha = 1 is cross-entropy (Φ unused). logits [B, C], y [B].
+    The CE term keeps a gradient on misclassified examples, where σ'(yᵀΦ log p) vanishes."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha!r} is not allowed: it must be in [0, 1]")
+    if alpha == 0:
+        return dlf_loss(logits, y, phi, bias)
+    return alpha * F.cross_entropy(logits, y) + (1 - alpha) * dlf_loss(logits, y, phi, bias)
+
+
 def smooth_error(logits: torch.Tensor, y: torch.Tensor, k: float = 50.0) -> torch.Tensor:
     """The official demo's smooth 0/1 error: mean of 2σ(k·(max_j p_j − p_y)) − 1 ∈ [0, 1). logits [N, C]."""
     p = F.softmax(logits, dim=1)
@@ -118,13 +131,13 @@ class DLFTeacher(nn.Module):
     """μ_θ: s_t [S] -> (Φ_t [C, C], b [C] or None, attention a(s_t) [M]).
 
     Φ_t = Σ_k a_k(s_t) M_k with a(s) = softmax(W₂ tanh(W₁ s + c₁) + c₂) over a bank of M learnable C×C
-    matrices. Every M_k starts at I plus noise of scale `init_noise` and W₂ starts at 0 (uniform attention),
-    so Φ_0 ≈ I: the student starts from a monotone transform of cross-entropy.
+    matrices. Every M_k starts at c·I (c = `init_scale`) plus noise of scale `init_noise` and W₂ starts at 0
+    (uniform attention), so Φ_0 ≈ c·I: the student starts from a monotone transform of cross-entropy.
     static=True: one learned matrix, no state input (the official demo without its scalar gate).
     """
 
     def __init__(self, num_classes: int, state_dim: int, *, bank: int = 4, hidden: int = 32, bias: bool = True,
-                 static: bool = False, init_noise: float = 0.01, seed: int = 0):
+                 static: bool = False, init_noise: float = 0.01, init_scale: float = 1.0, seed: int = 0):
         super().__init__()
         _check_int("num_classes", num_classes, 2)
         _check_int("bank", bank, 1)
@@ -132,7 +145,10 @@ class DLFTeacher(nn.Module):
         self.num_classes, self.state_dim, self.static = num_classes, state_dim, static
         bank = 1 if static else bank
         generator = torch.Generator().manual_seed(seed)
-        eye = torch.eye(num_classes).expand(bank, num_classes, num_classes)
+        if not init_scale > 0:
+            raise ValueError(f"init_scale={init_scale!r} is not allowed: it must be > 0")
+        # Φ_0 = c·I: σ(c log p_y) has slope c·σ'(c log p_y) in log p_y, → c/4 for a confident example (CE: 1)
+        eye = init_scale * torch.eye(num_classes).expand(bank, num_classes, num_classes)
         noise = init_noise * torch.randn(bank, num_classes, num_classes, generator=generator)
         self.bank = nn.Parameter(eye + (noise if bank > 1 else 0 * noise))  # [M, C, C]
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
@@ -203,11 +219,15 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
                   batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9, teacher_lr: float = 0.02,
                   surrogate: str = "smooth_error", k: float = 50.0, dev_size: int = 1000, bank: int = 4,
                   static: bool = False, bias: bool = True, mode: str = "snapshot", seed: int = 0,
-                  progress_bar: bool | None = None) -> tuple[DLFTeacher, Trace]:
+                  progress_bar: bool | None = None, alpha: float = 0.0, init_scale: float = 1.0,
+                  teacher_optimizer: str = "adam", pretrain_lr: float | None = None) -> tuple[DLFTeacher, Trace]:
     """Train a DLF teacher by reverse-mode differentiation through windows of `window` student steps.
 
-    After every window the teacher takes one Adam step (lr `teacher_lr`) on the dev surrogate at the window's
-    end, differentiated exactly through the window's SGD-with-momentum steps (`mode`: "snapshot" or "unroll").
+    After every window the teacher takes one step of `teacher_optimizer` ("adam", or "sgd" as the demo; lr
+    `teacher_lr`) on the dev surrogate at the window's end, differentiated exactly through the window's
+    SGD-with-momentum steps (`mode`: "snapshot" or "unroll"). The student's loss is α·CE + (1 − α)·l_{Φ_t}
+    (alpha, `student_loss`; the demo's --combine_loss uses 0.5); Φ_0 ≈ init_scale·I. The CE pre-training
+    uses `pretrain_lr` (None: lr), the windows use lr.
     restart=False (the demo): the student continues from window to window and is re-initialised only when it
     has taken `horizon` steps. restart=True (the paper's Algorithm 1): every window starts a fresh student
     (after `pretrain_steps` CE steps); use window = horizon for the full-episode version.
@@ -225,6 +245,10 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
     _check_int("seed", seed, 0)
     if mode not in meta.META_MODES:
         raise ValueError(f"mode={mode!r} is not allowed: choose one of {', '.join(meta.META_MODES)}")
+    if teacher_optimizer not in ("adam", "sgd"):
+        raise ValueError(f"teacher_optimizer={teacher_optimizer!r} is not allowed: choose 'adam' or 'sgd'")
+    if not 0 <= alpha < 1:
+        raise ValueError(f"alpha={alpha!r} is not allowed: it must be in [0, 1) (1 leaves nothing to teach)")
     surrogate_fn = _surrogate(surrogate)
     device = splits.device
     dev = _dev_subset(splits, dev_size)
@@ -233,10 +257,12 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
                   horizon=horizon, restart=restart, pretrain_steps=pretrain_steps, batch_size=batch_size, lr=lr,
                   momentum=momentum, teacher_lr=teacher_lr, surrogate=surrogate, k=k, dev_size=dev_size,
                   bank=bank, static=static, bias=bias, mode=mode, seed=seed, dataset=splits.name,
-                  device=str(device))
+                  device=str(device), alpha=alpha, init_scale=init_scale, teacher_optimizer=teacher_optimizer,
+                  pretrain_lr=pretrain_lr)
     trace = Trace(config=config)
-    teacher = DLFTeacher(C, 4 + C, bank=bank, bias=bias, static=static, seed=seed).to(device)
-    opt = torch.optim.Adam(teacher.parameters(), lr=teacher_lr)
+    teacher = DLFTeacher(C, 4 + C, bank=bank, bias=bias, static=static, init_scale=init_scale, seed=seed).to(device)
+    opt = (torch.optim.Adam(teacher.parameters(), lr=teacher_lr) if teacher_optimizer == "adam"
+           else torch.optim.SGD(teacher.parameters(), lr=teacher_lr))
     meta_params = list(teacher.parameters())
     kwargs = dict(hidden=hidden) if model == "mlp" else {}
 
@@ -250,7 +276,7 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
             student_runs += 1
             net = build(model, splits.in_shape, C, seed=s_seed, device=device, **kwargs)
             stream = batches(len(splits.train), batch_size, seed=s_seed, device=device)
-            sgd = _pretrain(net, splits, pretrain_steps, stream, lr=lr, momentum=momentum)
+            sgd = _pretrain(net, splits, pretrain_steps, stream, lr=pretrain_lr or lr, momentum=momentum)
             params, velocity = meta.params_of(net, requires_grad=False), _velocity_of(net, sgd)
             state, t_student = StudentState(C, horizon), 0
         with torch.no_grad():
@@ -269,7 +295,7 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
             if len(trace.arrays.get("phi", {}).get("step", [])) <= global_step + step:
                 trace.log_array(global_step + step, phi=phi.detach(), attention=attention.detach(),
                                 state=states[step])
-            return dlf_loss(logits, y, phi, b)
+            return student_loss(logits, y, phi, b, alpha)
 
         def dev_fn(w: dict[str, torch.Tensor]) -> torch.Tensor:
             return surrogate_fn(functional_call(net, w, (dev.x,)), dev.y, k)
@@ -300,7 +326,7 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
 def _train_student(splits: Splits, teacher: DLFTeacher | None, *, model: str, hidden: tuple[int, ...],
                    steps: int, pretrain_steps: int, batch_size: int, lr: float, momentum: float, seed: int,
                    refresh_every: int, dev_size: int, eval_every: int, record: bool,
-                   progress_bar: bool | None) -> Trace:
+                   progress_bar: bool | None, alpha: float = 0.0, pretrain_lr: float | None = None) -> Trace:
     """One student: `pretrain_steps` CE steps, then `steps` steps on CE (teacher None) or on l_{Φ_t}."""
     _check_common("steps", steps, lr, momentum, batch_size, len(splits.train))
     _check_int("pretrain_steps", pretrain_steps, 0)
@@ -314,8 +340,13 @@ def _train_student(splits: Splits, teacher: DLFTeacher | None, *, model: str, hi
     method = "ce" if teacher is None else "l2t-dlf"
     trace = Trace(config=dict(method=method, model=model, steps=steps, pretrain_steps=pretrain_steps,
                               batch_size=batch_size, lr=lr, momentum=momentum, seed=seed, dataset=splits.name,
-                              refresh_every=refresh_every, dev_size=dev_size, device=str(device)))
-    sgd = _pretrain(net, splits, pretrain_steps, stream, lr=lr, momentum=momentum)
+                              refresh_every=refresh_every, dev_size=dev_size, device=str(device),
+                              pretrain_lr=pretrain_lr))
+    if teacher is not None:
+        trace.config["alpha"] = alpha
+    sgd = _pretrain(net, splits, pretrain_steps, stream, lr=pretrain_lr or lr, momentum=momentum)
+    for group in sgd.param_groups:  # the method's own (dev-tuned) lr after the shared pre-training
+        group["lr"] = lr
     state = StudentState(C, steps)
     losses = torch.zeros(steps, device=device)
     for t in progress(range(steps), total=steps, desc=method, enabled=progress_bar):
@@ -336,7 +367,7 @@ def _train_student(splits: Splits, teacher: DLFTeacher | None, *, model: str, hi
             if record:
                 trace.log_array(t, phi=phi, attention=attention, state=s)
             state.observe(logits.detach(), y)
-            loss = dlf_loss(logits, y, phi, b)
+            loss = student_loss(logits, y, phi, b, alpha)
         sgd.zero_grad(set_to_none=True)
         loss.backward()
         sgd.step()
@@ -357,9 +388,11 @@ def _train_student(splits: Splits, teacher: DLFTeacher | None, *, model: str, hi
 def deploy(teacher: DLFTeacher, splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...] = (500,),
            steps: int = 1000, pretrain_steps: int = 200, batch_size: int = 64, lr: float = 0.05,
            momentum: float = 0.9, seed: int = 0, refresh_every: int = 25, dev_size: int = 1000,
-           eval_every: int = 100, record: bool = True, progress_bar: bool | None = None) -> Trace:
+           eval_every: int = 100, record: bool = True, progress_bar: bool | None = None,
+           alpha: float = 0.0, pretrain_lr: float | None = None) -> Trace:
     """Train a fresh student (seed `seed`) with the frozen teacher: `pretrain_steps` CE steps, then `steps`
-    steps of SGD with momentum on l_{Φ_t}, Φ_t = teacher(s_t); the dev part of s_t is refreshed every
+    steps of SGD with momentum on α·CE + (1 − α)·l_{Φ_t}, Φ_t = teacher(s_t) (alpha: use the teacher's;
+    the pre-training runs at `pretrain_lr`, None: lr); the dev part of s_t is refreshed every
     `refresh_every` steps on the first `dev_size` dev examples (as in teacher training).
     Trace: per step "phi" [C, C], "attention" [M], "state" [4 + C] (record=True); per `eval_every` steps
     "dev_acc", "dev_loss" and the dev confusion matrix "confusion" [C, C]; metrics test_err (%), test_acc."""
@@ -368,22 +401,26 @@ def deploy(teacher: DLFTeacher, splits: Splits, *, model: str = "mlp", hidden: t
     teacher.eval()
     return _train_student(splits, teacher, model=model, hidden=hidden, steps=steps, pretrain_steps=pretrain_steps,
                           batch_size=batch_size, lr=lr, momentum=momentum, seed=seed, refresh_every=refresh_every,
-                          dev_size=dev_size, eval_every=eval_every, record=record, progress_bar=progress_bar)
+                          dev_size=dev_size, eval_every=eval_every, record=record, progress_bar=progress_bar,
+                          alpha=alpha, pretrain_lr=pretrain_lr)
 
 
 def train_ce(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...] = (500,), steps: int = 1000,
              pretrain_steps: int = 200, batch_size: int = 64, lr: float = 0.05, momentum: float = 0.9,
              seed: int = 0, dev_size: int = 1000, eval_every: int = 100, record: bool = True,
-             progress_bar: bool | None = None) -> Trace:
+             progress_bar: bool | None = None, pretrain_lr: float | None = None) -> Trace:
     """The cross-entropy baseline: the same model, steps (pre-training included), optimizer, data order and
-    seed as `deploy`, trained on cross-entropy throughout."""
+    seed as `deploy`, trained on cross-entropy throughout (pre-training at `pretrain_lr`, None: lr)."""
     return _train_student(splits, None, model=model, hidden=hidden, steps=steps, pretrain_steps=pretrain_steps,
                           batch_size=batch_size, lr=lr, momentum=momentum, seed=seed, refresh_every=1,
-                          dev_size=dev_size, eval_every=eval_every, record=record, progress_bar=progress_bar)
+                          dev_size=dev_size, eval_every=eval_every, record=record, progress_bar=progress_bar,
+                          pretrain_lr=pretrain_lr)
 
 
-def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], *, with_ce: bool = True, **kwargs) -> dict:
-    """Deploy the teacher and (with_ce) train the CE baseline for every seed (same kwargs for both).
+def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], *, with_ce: bool = True,
+            ce_lr: float | None = None, **kwargs) -> dict:
+    """Deploy the teacher and (with_ce) train the CE baseline for every seed (same kwargs for both, except
+    `alpha`, DLF only, and the CE student's learning rate `ce_lr` if given: each method at its own dev-tuned lr).
 
     Returns {"seeds", "ce_test_err" [per seed, %], "dlf_test_err" [per seed, %], "ce_traces", "dlf_traces"}
     ("ce_*" empty when with_ce=False); only the first seed's traces record per-step arrays (memory)."""
@@ -393,7 +430,10 @@ def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], *, with_ce: b
     for i, s in enumerate(seeds):
         record = i == 0
         if with_ce:
-            ce = train_ce(splits, seed=s, record=record, **{k: v for k, v in kwargs.items() if k != "refresh_every"})
+            ce_kw = {k: v for k, v in kwargs.items() if k not in ("refresh_every", "alpha")}
+            if ce_lr is not None:
+                ce_kw["lr"] = ce_lr
+            ce = train_ce(splits, seed=s, record=record, **ce_kw)
             out["ce_test_err"].append(ce.metrics["test_err"])
             out["ce_traces"].append(ce)
         dlf = deploy(teacher, splits, seed=s, record=record, **kwargs)
@@ -402,9 +442,30 @@ def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], *, with_ce: b
     return out
 
 
+def lr_sweep(splits: Splits, lrs: list[float], *, teacher: DLFTeacher | None = None, seed: int = 0,
+             **kwargs) -> dict[float, float]:
+    """Dev accuracy (the whole dev split, never test) of one student per learning rate: CE (teacher None) or
+    the loss of a frozen `teacher` (e.g. `untrained_teacher`, "fixed Φ_0"). kwargs: deploy's (train_ce's for CE;
+    alpha and refresh_every are dropped there). Give every method the same number of rates: equal tuning."""
+    if not lrs:
+        raise ValueError(f"lrs={lrs!r} is not allowed: give at least one learning rate")
+    out = {}
+    for lr in lrs:
+        kw = dict(kwargs, lr=lr, seed=seed, record=False, eval_every=0, progress_bar=False)
+        if teacher is None:
+            for k in ("alpha", "refresh_every"):
+                kw.pop(k, None)
+            trace = train_ce(splits, **kw)
+        else:
+            trace = deploy(teacher, splits, **kw)
+        out[float(lr)] = float(trace.metrics["dev_acc"])
+    return out
+
+
 def untrained_teacher(splits: Splits, **kwargs) -> DLFTeacher:
-    """The teacher before any update (Φ ≈ I, zero bias): the ablation that separates the loss family from
-    what the teacher learned. kwargs as DLFTeacher's (bank, static, bias, seed)."""
+    """The teacher before any update (Φ ≈ c·I, zero bias): the ablation that separates the loss family from
+    what the teacher learned. kwargs as DLFTeacher's (bank, static, bias, init_scale, seed); use the same as the
+    trained teacher's so that "fixed Φ_0" is exactly that teacher's starting point."""
     return DLFTeacher(splits.num_classes, 4 + splits.num_classes, **kwargs).to(splits.device)
 
 
@@ -436,6 +497,24 @@ def phi_pair_changes(phi: np.ndarray, classes: list[str] | tuple[str, ...], top:
     return {"rise": pairs[::-1][:top], "fall": pairs[:top]}
 
 
+def phi_dynamics(phi: np.ndarray, phi0: np.ndarray | None = None) -> dict[str, float]:
+    """How much Φ_t changes over a run, and how far it is from where the teacher started.
+
+    phi [T, C, C]; phi0 [C, C] the untrained teacher's Φ (None: skip "static_shift").
+    Returns {"dynamic_range": max over entries of (max_t − min_t) Φ_t[y, j] (how much the scrubber can show),
+    "dynamic_rms": RMS over t and entries of Φ_t − mean_t Φ_t, "static_shift": max |mean_t Φ_t − Φ_0| (what
+    the teacher learned that does not depend on t), "diag_mean": mean diagonal of mean_t Φ_t}."""
+    phi = np.asarray(phi, dtype=float)
+    if phi.ndim != 3 or phi.shape[1] != phi.shape[2]:
+        raise ValueError(f"phi must be [T, C, C]; got {phi.shape}")
+    mean = phi.mean(0)
+    out = dict(dynamic_range=float((phi.max(0) - phi.min(0)).max()),
+               dynamic_rms=float(np.sqrt(((phi - mean) ** 2).mean())), diag_mean=float(np.diag(mean).mean()))
+    if phi0 is not None:
+        out["static_shift"] = float(np.abs(mean - np.asarray(phi0, dtype=float)).max())
+    return out
+
+
 def combined_trace(teacher_trace: Trace, deploy_trace: Trace) -> Trace:
     """One Trace for a notebook to save: the deployed student's per-step arrays ("phi", "attention", "state",
     "confusion"), scalars and metrics, plus the teacher training's per-window scalars renamed "teacher_<name>"
@@ -451,12 +530,17 @@ def combined_trace(teacher_trace: Trace, deploy_trace: Trace) -> Trace:
 # ---------------------------------------------------------------- presets (the notebook's settings)
 
 def _student(model: str, *, hidden=(500,), batch_size=64, lr=0.05, momentum=0.9, pretrain_steps=200, steps=2000,
-             window=25, updates=80, teacher_lr=0.005, dev_size=1000, refresh_every=None, eval_every=None) -> dict:
+             window=25, updates=80, teacher_lr=0.005, dev_size=1000, refresh_every=None, eval_every=None,
+             alpha=0.0, init_scale=1.0, pretrain_lr=None, ce_lr=None) -> dict:
+    """A preset's student: "teacher" (train_teacher kwargs), "run" (deploy kwargs; compare's for CE minus alpha),
+    "init_scale" (the untrained teacher's Φ_0 = c·I), "ce_lr" (the CE student's own lr; None: lr)."""
     shared = dict(model=model, hidden=tuple(hidden), batch_size=batch_size, lr=lr, momentum=momentum,
-                  pretrain_steps=pretrain_steps, dev_size=dev_size)
-    return dict(teacher=dict(shared, window=window, updates=updates, horizon=steps, teacher_lr=teacher_lr),
+                  pretrain_steps=pretrain_steps, dev_size=dev_size, alpha=alpha, pretrain_lr=pretrain_lr)
+    return dict(teacher=dict(shared, window=window, updates=updates, horizon=steps, teacher_lr=teacher_lr,
+                             init_scale=init_scale),
                 run=dict(shared, steps=steps, refresh_every=refresh_every or window,
-                         eval_every=eval_every or max(steps // 10, 1)))
+                         eval_every=eval_every or max(steps // 10, 1)),
+                init_scale=init_scale, ce_lr=ce_lr)
 
 
 PRESETS: dict[str, dict] = {

@@ -39,6 +39,7 @@ eval mode, at each evaluation); "test_acc" or "test_ppl" (the teacher, at each e
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -117,6 +118,14 @@ class _RngSlot:
         torch.set_rng_state(self.outer[0])
         if self.cuda:
             torch.cuda.set_rng_state(self.outer[1], self.device)
+
+
+def _rng_slot(model: nn.Module, seed: int, device: torch.device):
+    """A private RNG stream for a model that draws random numbers in its forward (dropout); none otherwise
+    (swapping RNG states every step costs time for nothing)."""
+    random = any((isinstance(m, nn.Dropout) and m.p > 0) or (isinstance(m, nn.RNNBase) and m.dropout > 0)
+                 for m in model.modules())
+    return _RngSlot(seed, device) if random else contextlib.nullcontext()
 
 
 def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool):
@@ -210,7 +219,7 @@ def _run_vision(splits, model, student_model, num_students, alpha, student_alpha
     s_scheds = [make_schedule(o, schedule, steps * student_steps) for o in s_opts]
     t_stream = batches(n, batch_size, seed=seed, device=device)
     s_streams = [batches(n, batch_size, seed=seed + 7919 * (i + 1), device=device) for i in range(num_students)]
-    slots = [_RngSlot(seed + 1 + i, device) for i in range(num_students)]
+    slots = [_rng_slot(s, seed + 1 + i, device) for i, s in enumerate(students)]
     t_gen = torch.Generator(device=device) if splits.augment else None
     s_gens = [torch.Generator(device=device) if splits.augment else None for _ in students]
     probe = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:probe_size].to(device)
@@ -415,7 +424,7 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
     t_sched = make_schedule(t_opt, schedule, steps)
     s_opts = [_sgd(s, lr, momentum, 0.0, False) for s in students]
     s_scheds = [make_schedule(o, schedule, steps * student_steps) for o in s_opts]
-    slots = [_RngSlot(seed + 1 + i, device) for i in range(num_students)]
+    slots = [_rng_slot(s, seed + 1 + i, device) for i, s in enumerate(students)]
     stream = batchify(splits.train, batch_size)                                   # [L, B]
     starts = list(range(0, stream.size(0) - 1, bptt))
     offsets = torch.randint(len(starts), (max(num_students, 1),), generator=torch.Generator().manual_seed(seed + 1))

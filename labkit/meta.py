@@ -63,6 +63,7 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
                   loss_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
                   meta_params: list[torch.Tensor], dev_fn: Callable[[Params], torch.Tensor], *, lr: float,
                   momentum: float = 0.0, velocity: Params | None = None, mode: str = "snapshot",
+                  keep_activations: bool = False,
                   ) -> tuple[list[torch.Tensor], Params, Params, float, list[float]]:
     """The exact gradient of a dev objective after K steps of SGD with momentum, w.r.t. `meta_params`.
 
@@ -75,6 +76,10 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     mode "snapshot": run the K steps without a graph, keep w_t of each step (memory K·P numbers, no activations;
         the reverse sweep does not need v_t), then sweep backwards with one Hessian-vector product per step (Maclaurin et al. 2015 style):
             ḡ = v̄_{t+1} - lr w̄_{t+1};  w̄_t = w̄_{t+1} + ∂(∇_w L_t · ḡ)/∂w_t;  θ̄ += ∂(∇_w L_t · ḡ)/∂θ;  v̄_t = μ ḡ.
+    keep_activations (snapshot mode only): keep each step's forward graph (its activations; the weights are the
+        snapshots themselves) from the forward sweep, so that the reverse sweep does not recompute the forward
+        pass: the same numbers, about one forward pass per step faster, at the memory of K steps' activations
+        (small for an MLP, large for conv nets; unroll mode additionally keeps the double-backward graph).
     Both modes give the same numbers up to floating-point rounding (tested against finite differences).
 
     model: the architecture (its parameters are not used, its buffers are); params: w_0 {name: [shape]};
@@ -103,12 +108,14 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     v = ({n: t.detach() for n, t in velocity.items()} if velocity is not None
          else {n: torch.zeros_like(p) for n, p in w.items()})
     snapshots: list[Params] = []
+    kept: list[tuple[torch.Tensor, Params] | None] = []  # (loss_k, w_k leaf) with its forward graph
     losses = []
     for k, (x, y) in enumerate(batches):
         snapshots.append(w)
         w_req = {n: p.detach().requires_grad_() for n, p in w.items()}
         loss = loss_fn(functional_call(model, w_req, (x,)), y, k)
-        grads = torch.autograd.grad(loss, [w_req[n] for n in names])
+        grads = torch.autograd.grad(loss, [w_req[n] for n in names], retain_graph=keep_activations)
+        kept.append((loss, w_req) if keep_activations else None)
         with torch.no_grad():
             v = {n: momentum * v[n] + g for n, g in zip(names, grads)}
             w = {n: w[n] - lr * v[n] for n in names}
@@ -121,9 +128,13 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     for k in range(len(batches) - 1, -1, -1):
         x, y = batches[k]
         g_bar = [vb - lr * wb for vb, wb in zip(v_bar, w_bar)]  # adjoint of ∇_w L_k
-        w_req = {n: snapshots[k][n].detach().requires_grad_() for n in names}
+        if kept[k] is not None:  # the forward graph of step k is still there: no recomputation
+            loss, w_req = kept[k]
+            kept[k] = None
+        else:
+            w_req = {n: snapshots[k][n].detach().requires_grad_() for n in names}
+            loss = loss_fn(functional_call(model, w_req, (x,)), y, k)
         inputs = [w_req[n] for n in names]
-        loss = loss_fn(functional_call(model, w_req, (x,)), y, k)
         grads = torch.autograd.grad(loss, inputs, create_graph=True)
         dot = sum((g * gb).sum() for g, gb in zip(grads, g_bar))
         back = _flat_grads(dot, inputs + list(meta_params))

@@ -304,6 +304,31 @@ def l2t_reward_curve(trace: Trace, *, window: int = 5, title: str = "Teacher tra
     return fig
 
 
+
+def l2t_keep_vs_feature(trace: Trace, feature: str = "margin", *, max_points: int = 4000, seed: int = 0,
+                        title: str = "") -> go.Figure:
+    """What the deployed teacher learned: p(keep) of each shown example against one thing the teacher saw
+    ("margin" p_y − max_{j≠y} p_j, or "student_loss" −log p_y), coloured by the student step; the dashed line
+    is the deployment rule's 0.5. trace: an L2T deployment recorded with record=True (a random subset of at most
+    `max_points` examples is drawn, seeded)."""
+    if feature not in trace.arrays:
+        raise ValueError(f"feature={feature!r} is not in this trace: record an l2t deployment (record=True); "
+                         f"arrays: {sorted(trace.arrays)}")
+    steps = trace.arrays["p_keep"]["step"]
+    p = np.concatenate([np.asarray(v, dtype=float) for v in trace.arrays["p_keep"]["value"]])
+    x = np.concatenate([np.asarray(v, dtype=float) for v in trace.arrays[feature]["value"]])
+    step = np.concatenate([np.full(len(v), s) for s, v in zip(steps, trace.arrays["p_keep"]["value"])])
+    pick = np.random.default_rng(seed).permutation(len(p))[:max_points]
+    fig = go.Figure(go.Scatter(x=x[pick], y=p[pick], mode="markers",
+                                 marker=dict(size=4, color=step[pick], colorscale="Viridis", opacity=0.6,
+                                             colorbar=dict(title="student step")),
+                                 hovertemplate=f"{feature} %{{x:.3f}}<br>p(keep) %{{y:.3f}}<extra></extra>"))
+    fig.add_hline(y=0.5, line=dict(dash="dash", color="grey"), annotation_text="keep if p ≥ 0.5")
+    names = {"margin": "margin p_y − max_{j≠y} p_j", "student_loss": "student loss −log p_y"}
+    fig.update_layout(title=title or f"What the teacher learned: p(keep) against the {names.get(feature, feature)}",
+                      xaxis_title=names.get(feature, feature), yaxis_title="p(keep)", template="plotly_white")
+    return fig
+
 # ---- dln ----
 
 def _dln_grid_labels(trace: Trace) -> list[str]:
@@ -375,17 +400,28 @@ def dln_compare_curves(traces: dict[str, Trace], *, name: str = "dev_acc", title
 # ---- dlf ----
 
 def dlf_phi_scrubber(trace: Trace, classes: Sequence[str], *, minus_identity: bool = True, max_frames: int = 60,
-                 title: str = "") -> go.Figure:
+                 title: str = "", reference: str | None = None) -> go.Figure:
     """Φ_t of an L2T-DLF run (array "phi", [T, C, C]) scrubbed over student steps, classes on both axes.
 
-    Row y, column j: the weight of log p_j in the loss of an example of class y. minus_identity: show Φ_t − I on
-    a symmetric colour scale (red > 0: p_j is rewarded, "similar"; blue < 0: p_j is penalised, "discriminate")."""
+    Row y, column j: the weight of log p_j in the loss of an example of class y. What is subtracted
+    (`reference`; None: "identity" if minus_identity else "none"):
+    - "identity": Φ_t − I (red > 0: p_j is rewarded, "similar"; blue < 0: p_j is penalised, "discriminate");
+    - "mean": Φ_t − mean_t Φ_t, only the part that changes over time (the dynamic part), on its own scale,
+      so that small but real changes are visible;
+    - "start": Φ_t − Φ_{first step}; "none": Φ_t.
+    The colour scale is fixed over the steps (symmetric about 0 unless "none")."""
     steps, phi = trace.stack("phi")
-    values = phi - np.eye(phi.shape[-1]) if minus_identity else phi
+    ref = reference or ("identity" if minus_identity else "none")
+    refs = {"identity": lambda: np.eye(phi.shape[-1]), "mean": lambda: phi.mean(0), "start": lambda: phi[0],
+            "none": lambda: 0.0}
+    if ref not in refs:
+        raise ValueError(f"reference={reference!r} is not allowed: choose one of {', '.join(refs)}")
+    values = phi - refs[ref]()
+    names = {"identity": "Φ_t − I", "mean": "Φ_t − mean over t", "start": "Φ_t − Φ_0", "none": "Φ_t"}
     return heatmap_scrubber(steps, values, x_labels=list(classes), y_labels=list(classes),
-                            title=title or ("Φ_t − I over student steps" if minus_identity else "Φ_t over student steps"),
+                            title=title or f"{names[ref]} over student steps",
                             x_title="class j (log p_j)", y_title="true class y", colorscale="RdBu_r",
-                            symmetric=minus_identity, max_frames=max_frames)
+                            symmetric=ref != "none", max_frames=max_frames)
 
 
 def dlf_attention_curves(trace: Trace, *, title: str = "Teacher attention over the matrix bank") -> go.Figure:

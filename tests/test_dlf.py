@@ -230,3 +230,79 @@ def test_views_read_the_trace():
     changes = dlf.phi_pair_changes(trace.stack("phi")[1], ["a", "b", "c"], top=2)
     fig = plots.dlf_pairs_and_confusion(changes, trace.stack("confusion")[1][-1], ["a", "b", "c"])
     assert fig.data[0].x[0] == pytest.approx(0.4)
+
+
+def test_student_loss_combines_ce_and_dlf():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randint(0, 4, (16,), generator=g)
+    phi = 3 * torch.eye(4, dtype=torch.float64)
+    mix = dlf.student_loss(logits, y, phi, None, 0.5)
+    want = 0.5 * F.cross_entropy(logits, y) + 0.5 * dlf.dlf_loss(logits, y, phi)
+    assert mix.item() == pytest.approx(want.item())
+    assert dlf.student_loss(logits, y, phi, None, 0.0).item() == pytest.approx(dlf.dlf_loss(logits, y, phi).item())
+    with pytest.raises(ValueError, match="alpha"):
+        dlf.student_loss(logits, y, phi, None, 1.5)
+
+
+def test_init_scale_sets_phi0_and_its_slope():
+    teacher = dlf.DLFTeacher(5, 9, static=True, init_scale=4.0)
+    phi, _, _ = teacher(torch.rand(9))
+    torch.testing.assert_close(phi, 4 * torch.eye(5))
+    # slope of -l in log p_y is c·σ'(c log p_y): c/4 for a confident example (p_y -> 1), vanishing for p_y -> 0
+    logits = torch.tensor([[3.0, 0, 0, 0, 0], [-3.0, 0, 0, 0, 0]], dtype=torch.float64, requires_grad=True)
+    dlf.dlf_loss(logits, torch.tensor([0, 0]), phi.detach().double(), reduction="none").sum().backward()
+    q = F.softmax(logits.detach(), 1)[:, 0]
+    z = 4 * torch.log(q)
+    slope = 4 * torch.sigmoid(z) * (1 - torch.sigmoid(z))  # c·σ'(c log p_y)
+    torch.testing.assert_close(logits.grad[:, 0], -slope * (1 - q))
+    assert slope[0] > 0.5 and slope[1] < 1e-3  # confident: near c/4 = 1; wrong: ~0 (hence alpha·CE)
+    with pytest.raises(ValueError, match="init_scale"):
+        dlf.DLFTeacher(5, 9, init_scale=0.0)
+
+
+def test_pretrain_lr_is_shared_and_method_lr_applies_after():
+    """Same pre-training (pretrain_lr) then each method's own lr: identical after pre-training, different after."""
+    splits = _splits()
+    kw = dict(SMALL, steps=0 + 3, pretrain_steps=4, pretrain_lr=0.1, eval_every=0, progress_bar=False, record=False)
+    a = dlf.train_ce(splits, seed=1, **{**kw, "lr": 0.1})
+    b = dlf.train_ce(splits, seed=1, **{**kw, "lr": 0.01})
+    c = dlf.train_ce(splits, seed=1, **{**kw, "lr": 0.01})
+    assert a.metrics["test_loss"] != b.metrics["test_loss"] and b.metrics["test_loss"] == c.metrics["test_loss"]
+    assert b.config["pretrain_lr"] == 0.1 and b.config["lr"] == 0.01
+
+
+def test_phi_dynamics_and_scrubber_references():
+    from labkit import plots
+    from labkit.trace import Trace
+
+    phi = np.tile(2 * np.eye(3), (6, 1, 1))
+    phi[:, 0, 1] = np.linspace(0, 0.01, 6)  # a small change over time
+    d = dlf.phi_dynamics(phi, 2 * np.eye(3))
+    assert d["dynamic_range"] == pytest.approx(0.01) and d["static_shift"] == pytest.approx(0.005)
+    assert d["diag_mean"] == pytest.approx(2.0) and d["dynamic_rms"] > 0
+    trace = Trace()
+    for t in range(6):
+        trace.log_array(t, phi=phi[t])
+    fig = plots.dlf_phi_scrubber(trace, ["a", "b", "c"], reference="mean")
+    assert fig.data[0].zmax == pytest.approx(0.005) and fig.data[0].zmin == pytest.approx(-0.005)
+    first = np.asarray(fig.frames[0].data[0].z, dtype=float)
+    assert first[0, 1] == pytest.approx(-0.005) and first[0, 0] == pytest.approx(0.0)
+    fig = plots.dlf_phi_scrubber(trace, ["a", "b", "c"], reference="start")
+    assert np.asarray(fig.frames[-1].data[0].z, dtype=float)[0, 1] == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="reference"):
+        plots.dlf_phi_scrubber(trace, ["a", "b", "c"], reference="median")
+
+
+def test_lr_sweep_and_compare_with_own_ce_lr():
+    splits = _splits()
+    kw = dict(SMALL, steps=6, pretrain_steps=2, refresh_every=3, alpha=0.5)
+    kw.pop("lr")
+    ce = dlf.lr_sweep(splits, [0.05, 0.2], seed=0, **kw)
+    fixed = dlf.lr_sweep(splits, [0.05, 0.2], teacher=dlf.untrained_teacher(splits, init_scale=2.0), seed=0, **kw)
+    assert set(ce) == set(fixed) == {0.05, 0.2} and all(0 <= v <= 1 for v in [*ce.values(), *fixed.values()])
+    res = dlf.compare(dlf.untrained_teacher(splits), splits, [0], ce_lr=0.2, lr=0.05, eval_every=0,
+                      progress_bar=False, **{k: v for k, v in kw.items()})
+    assert res["ce_traces"][0].config["lr"] == 0.2 and res["dlf_traces"][0].config["lr"] == 0.05
+    assert res["dlf_traces"][0].config["alpha"] == 0.5 and "alpha" not in res["ce_traces"][0].config
+    with pytest.raises(ValueError, match="lrs"):
+        dlf.lr_sweep(splits, [], **kw)

@@ -56,6 +56,54 @@ def test_loss_network_shape_and_no_bias():
     assert net(torch.zeros(3, 4)).abs().max().item() == 0.0  # bias-free: the masked rows give exactly 0
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bce_init_is_a_sensible_loss(seed):
+    """init="bce": the fitted DLN falls with σ(z_y) and rises with σ(z_j) everywhere on the grid, tracks the
+    one-vs-rest BCE target, and (unlike the raw kaiming draw it starts from) is not an arbitrary surface."""
+    net = dln.make_loss_network("bce", 10, seed=seed)
+    surface = dln.loss_surface(net, grid=21).numpy()  # rows σ(z_y), columns σ(z_j)
+    assert np.all(np.diff(surface, axis=0) < 0), "not decreasing in σ(z_y)"
+    assert np.all(np.diff(surface, axis=1) > 0), "not increasing in σ(z_j)"
+    g = torch.linspace(0, 1, 21)
+    target = dln.bce_target(g[:, None], g[None, :], 10).numpy()
+    assert net.init_fit["rmse"] < 0.1 * net.init_fit["target_rms"]
+    assert np.abs(surface - target)[1:-1, 1:-1].max() < 2.0  # target spans ~0..46 on the grid
+    # the fit starts from the public code's random draw with the same seed and is deterministic
+    again = dln.make_loss_network("bce", 10, seed=seed)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), again.parameters()))
+    raw = dln.make_loss_network("random", 10, seed=seed)
+    assert raw.init_fit is None
+    assert all(torch.equal(a, b) for a, b in zip(raw.parameters(), dln.LossNetwork(seed=seed).parameters()))
+    # on a student's logits, the initial DLN loss ranks a confident right answer far below a confident wrong one
+    y = torch.tensor([2])
+    right, wrong = torch.full((1, 10), -4.0), torch.full((1, 10), -4.0)
+    right[0, 2], wrong[0, 5] = 4.0, 4.0
+    assert dln.dln_loss(net, None, right, y) < 0.2 * dln.dln_loss(net, None, wrong, y)
+
+
+def test_bad_init():
+    with pytest.raises(ValueError, match="init='xavier'"):
+        dln.make_loss_network("xavier")
+    with pytest.raises(ValueError, match="init='xavier'"):
+        dln.train_teacher(_synthetic(), init="xavier", K=1, teacher_steps=1, progress_bar=False)
+
+
+def test_bce_init_run_records_it_and_deploy_starts_from_it():
+    splits = _synthetic()
+    teacher, trace = dln.train_teacher(splits, student="mlp", student_kwargs={"hidden": (16,)}, teacher_steps=2, K=2,
+                                       batch_size=20, dev_batch_size=50, grid=5, seed=0, init="bce",
+                                       init_steps=100, progress_bar=False)
+    assert trace.config["init"] == "bce" and trace.config["init_fit"]["rmse"] > 0
+    fitted = dln.make_loss_network("bce", splits.num_classes, seed=1, init_steps=100)  # seed + 1, as the run
+    assert all(torch.equal(teacher.initial_weights[n], p) for n, p in fitted.named_parameters())
+    steps, surf = trace.stack("loss_surface")
+    assert np.all(np.diff(surf[0], axis=1) > 0)
+    given = dln.train_teacher(splits, student="mlp", student_kwargs={"hidden": (16,)}, teacher_steps=1, K=1,
+                              batch_size=20, dev_batch_size=50, grid=5, seed=0, init="bce",
+                              loss_net=dln.LossNetwork(seed=1), progress_bar=False)[1]
+    assert given.config["init"] == "given"
+
+
 def test_preprocess_gradients():
     g = torch.tensor([1.0, -1e-2, 1e-6, -1e-6, 0.0])
     out = dln.preprocess_gradients(g)

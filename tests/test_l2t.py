@@ -220,3 +220,77 @@ def test_live_scrubber_slider_changes_view():
     idx = scrubber.slider.value
     uri, text = plots.l2t_keep_frame(trace, scrubber.images, idx, 8, 4)
     assert scrubber.figure.data[0].source == uri and tuple(scrubber.figure.data[1].text) == tuple(text["text"])
+
+
+def _always_keep_teacher(c=4):
+    teacher = l2t.Teacher(c, seed=0)
+    with torch.no_grad():
+        teacher.out.bias.fill_(30.0)  # p(keep) = 1 to float precision: every sampled decision is "keep"
+    return teacher
+
+
+def test_groups_share_the_student_seed_common_random_numbers():
+    # An always-keep teacher makes the episodes of a group identical runs (same student seed, same data),
+    # so every group has equal rewards and zero advantages; different groups use different student seeds.
+    train, dev = _blobs(600, seed=0, scale=0.8), _blobs(200, seed=1, scale=0.8)
+    teacher0 = _always_keep_teacher()
+    before = [p.detach().clone() for p in teacher0.parameters()]
+    teacher, trace = l2t.train_teacher(train, dev, setup=SETUP, episodes=6, num_classes=4, teacher=teacher0,
+                                       teacher_lr=0.05, group_size=2, normalize=True, progress_bar=False)
+    episodes, rewards = trace.series("reward")
+    assert list(episodes) == list(range(6))
+    assert np.allclose(rewards[0::2], rewards[1::2])
+    assert np.allclose(trace.series("advantage")[1], 0) and np.allclose(trace.series("baseline")[1], rewards)
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))
+    assert trace.config["group_size"] == 2
+
+
+def test_group_advantages_are_centred_and_normalised():
+    train, dev = _blobs(600, seed=0, scale=0.8), _blobs(200, seed=1, scale=0.8)
+    teacher0 = l2t.Teacher(4, seed=0, init_keep=0.5)  # many drops: the episodes of a group differ
+    _, trace = l2t.train_teacher(train, dev, setup=SETUP, episodes=6, num_classes=4, teacher=teacher0,
+                                 teacher_lr=0.05, group_size=3, normalize=True, progress_bar=False)
+    adv = trace.series("advantage")[1].reshape(2, 3)
+    rew = trace.series("reward")[1].reshape(2, 3)
+    assert np.allclose(adv.sum(1), 0, atol=1e-9)
+    for a, r in zip(adv, rew):
+        if r.std() > 1e-8:
+            assert np.allclose(a, (r - r.mean()) / r.std())
+    with pytest.raises(ValueError, match="group_size="):
+        l2t.train_teacher(train, dev, setup=SETUP, episodes=2, num_classes=4, group_size=3, progress_bar=False)
+
+
+def test_deploy_judges_tau_on_dev_not_test():
+    data = _blobs(800, seed=0)  # one problem: train and dev share the class centres
+    train, dev = data[:600], data[600:]
+    bad_test = Split(dev.x, (dev.y + 1) % 4)  # every label wrong: test accuracy near 0
+    trace = l2t.deploy("noteach", train, dev, bad_test, setup=SETUP, steps=40, num_classes=4)
+    assert trace.metrics["reached_step"] is not None
+    assert max(trace.series("test_acc")[1]) < SETUP.tau <= trace.series("dev_acc")[1][-1]
+
+
+def test_keep_profile_and_feature_plot():
+    trace, _ = _recorded_trace()
+    rows = l2t.keep_profile(trace, "margin")
+    total = sum(len(v) for v in trace.arrays["keep_mask"]["value"])
+    assert sum(r["shown"] for r in rows) == total
+    for r in rows:
+        if r["shown"]:
+            assert 0 <= r["p_keep"] <= 1 and 0 <= r["kept"] <= 1
+    # the hand-set teacher keeps by low margin: p(keep) falls from the lowest to the highest margin bin
+    filled = [r for r in rows if r["shown"]]
+    assert filled[0]["p_keep"] > filled[-1]["p_keep"]
+    fig = plots.l2t_keep_vs_feature(trace, "margin", max_points=50)
+    assert len(fig.data[0].x) == min(50, total)
+    with pytest.raises(ValueError, match="feature="):
+        plots.l2t_keep_vs_feature(trace, "bogus")
+
+
+def test_loss_threshold_teacher_keeps_high_loss_examples():
+    teacher = l2t.loss_threshold_teacher(3, threshold=0.1)
+    logits = torch.tensor([[8.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 3.0, 0.0]])  # losses ~0.0007, 1.1, 3.05
+    f = l2t.state_features(logits, torch.tensor([0, 0, 0]), torch.zeros(3))
+    p = teacher(f)
+    assert p[0] < 0.01 and p[1] > 0.99 and p[2] > 0.99
+    with pytest.raises(ValueError, match="threshold="):
+        l2t.loss_threshold_teacher(3, threshold=0.0)
