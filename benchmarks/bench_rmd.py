@@ -1,6 +1,7 @@
 """Cost of one L2T-DLF teacher update (exact RMD through K student steps) against K plain SGD steps.
 
-For K = 10, 50, 200 (default) and both modes of `labkit.meta.sgd_meta_grad`:
+For K = 10, 50, 200 (default) and the modes of `labkit.meta.sgd_meta_grad` ("unroll", "snapshot", and
+"snap+act" = snapshot with keep_activations=True, which keeps each step's forward graph instead of recomputing it):
 - time: one teacher update (K differentiable or snapshotted steps + the dev surrogate + the reverse sweep),
   as a ratio to K plain `torch.optim.SGD` cross-entropy steps of the same student on the same batches;
 - memory: the peak bytes of tensors that autograd keeps for backward, measured live with
@@ -116,7 +117,7 @@ def main() -> None:
         def dev_fn(w):
             return dlf.smooth_error(functional_call(net, w, (dev_x,)), dev_y)
 
-        for mode in meta.META_MODES:
+        for mode, keep in (("unroll", False), ("snapshot", False), ("snapshot", True)):
             best, peak = float("inf"), 0
             for _ in range(args.repeats):
                 w0 = meta.params_of(net, requires_grad=False)
@@ -126,12 +127,14 @@ def main() -> None:
                 _sync(device)
                 t0 = time.perf_counter()
                 with torch.autograd.graph.saved_tensors_hooks(live.pack, live.unpack):
-                    meta.sgd_meta_grad(net, w0, batches, loss_fn, theta, dev_fn, lr=0.05, momentum=0.9, mode=mode)
+                    meta.sgd_meta_grad(net, w0, batches, loss_fn, theta, dev_fn, lr=0.05, momentum=0.9, mode=mode,
+                                       keep_activations=keep)
                 _sync(device)
                 best, peak = min(best, time.perf_counter() - t0), max(peak, live.peak)
             snap = K * P * 4 if mode == "snapshot" else 0
             extra = f"  cuda max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if device.type == "cuda" else ""
-            print(f"{K:>5} {base:>14.3f} {mode:>9} {best:>9.3f} {best / base:>6.2f} {peak / 2**20:>9.1f} "
+            label = "snap+act" if keep else mode
+            print(f"{K:>5} {base:>14.3f} {label:>9} {best:>9.3f} {best / base:>6.2f} {peak / 2**20:>9.1f} "
                   f"{snap / 2**20:>8.1f} {(peak + snap) / 2**20:>9.1f}{extra}", flush=True)
 
 

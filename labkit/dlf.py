@@ -32,6 +32,7 @@ from .trace import Trace
 from .train import confusion, evaluate, progress
 
 SURROGATES = ("smooth_error", "expected_error")
+GATES = ("state", "progress")
 
 
 # ---------------------------------------------------------------- loss and surrogates
@@ -134,15 +135,22 @@ class DLFTeacher(nn.Module):
     matrices. Every M_k starts at c·I (c = `init_scale`) plus noise of scale `init_noise` and W₂ starts at 0
     (uniform attention), so Φ_0 ≈ c·I: the student starts from a monotone transform of cross-entropy.
     static=True: one learned matrix, no state input (the official demo without its scalar gate).
+    gate="progress": a(s) is fixed, hat functions of the progress s[0] = t / horizon centred on k / (M − 1), so
+    M_k is the loss of phase k and Φ_t interpolates between phases. Unlike the learned attention (whose
+    matrices get near-identical gradients while they are near-identical, and so stay alike), every window
+    updates the matrices of its own phase: Φ_t can become phase-dependent.
     """
 
     def __init__(self, num_classes: int, state_dim: int, *, bank: int = 4, hidden: int = 32, bias: bool = True,
-                 static: bool = False, init_noise: float = 0.01, init_scale: float = 1.0, seed: int = 0):
+                 static: bool = False, init_noise: float = 0.01, init_scale: float = 1.0, seed: int = 0,
+                 gate: str = "state"):
         super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"gate={gate!r} is not allowed: choose one of {', '.join(GATES)}")
         _check_int("num_classes", num_classes, 2)
         _check_int("bank", bank, 1)
         _check_int("hidden", hidden, 1)
-        self.num_classes, self.state_dim, self.static = num_classes, state_dim, static
+        self.num_classes, self.state_dim, self.static, self.gate = num_classes, state_dim, static, gate
         bank = 1 if static else bank
         generator = torch.Generator().manual_seed(seed)
         if not init_scale > 0:
@@ -152,7 +160,7 @@ class DLFTeacher(nn.Module):
         noise = init_noise * torch.randn(bank, num_classes, num_classes, generator=generator)
         self.bank = nn.Parameter(eye + (noise if bank > 1 else 0 * noise))  # [M, C, C]
         self.bias = nn.Parameter(torch.zeros(num_classes)) if bias else None
-        if static:
+        if static or gate == "progress":
             self.attend = None
         else:
             first = nn.Linear(state_dim, hidden)
@@ -166,8 +174,13 @@ class DLFTeacher(nn.Module):
 
     def forward(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """state [S] -> (Φ [C, C], bias [C] or None, attention [M])."""
-        if self.attend is None:
+        if self.static:
             attention = torch.ones(1, device=self.bank.device, dtype=self.bank.dtype)
+        elif self.attend is None:  # gate "progress": fixed hat functions of s_t[0] = t / horizon over the bank
+            M = self.bank.shape[0]
+            centres = torch.linspace(0, 1, M, device=self.bank.device, dtype=self.bank.dtype)
+            progress = state[0].to(self.bank).clamp(0, 1)
+            attention = (1 - (progress - centres).abs() * (M - 1)).clamp_min(0)
         else:
             attention = torch.softmax(self.attend(state.to(self.bank)), dim=-1)
         phi = torch.einsum("m,mij->ij", attention, self.bank)
@@ -183,6 +196,11 @@ def _check_common(steps_name: str, steps: int, lr: float, momentum: float, batch
         raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum={momentum!r} is not allowed: it must be in [0, 1)")
+
+
+def _check_pretrain_lr(pretrain_lr: float | None) -> None:
+    if pretrain_lr is not None and not pretrain_lr > 0:
+        raise ValueError(f"pretrain_lr={pretrain_lr!r} is not allowed: it must be > 0 (or None: the same as lr)")
 
 
 def _dev_subset(splits: Splits, size: int) -> Split:
@@ -220,14 +238,17 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
                   surrogate: str = "smooth_error", k: float = 50.0, dev_size: int = 1000, bank: int = 4,
                   static: bool = False, bias: bool = True, mode: str = "snapshot", seed: int = 0,
                   progress_bar: bool | None = None, alpha: float = 0.0, init_scale: float = 1.0,
-                  teacher_optimizer: str = "adam", pretrain_lr: float | None = None) -> tuple[DLFTeacher, Trace]:
+                  teacher_optimizer: str = "adam", pretrain_lr: float | None = None,
+                  keep_activations: bool = False, gate: str = "state") -> tuple[DLFTeacher, Trace]:
     """Train a DLF teacher by reverse-mode differentiation through windows of `window` student steps.
 
     After every window the teacher takes one step of `teacher_optimizer` ("adam", or "sgd" as the demo; lr
     `teacher_lr`) on the dev surrogate at the window's end, differentiated exactly through the window's
     SGD-with-momentum steps (`mode`: "snapshot" or "unroll"). The student's loss is α·CE + (1 − α)·l_{Φ_t}
     (alpha, `student_loss`; the demo's --combine_loss uses 0.5); Φ_0 ≈ init_scale·I. The CE pre-training
-    uses `pretrain_lr` (None: lr), the windows use lr.
+    uses `pretrain_lr` (None: lr), the windows use lr. keep_activations: snapshot mode keeps each step's
+    forward graph instead of recomputing it in the reverse sweep (same numbers, faster, more memory).
+    gate: "state" (learned attention on s_t) or "progress" (fixed hat functions of t / horizon; `DLFTeacher`).
     restart=False (the demo): the student continues from window to window and is re-initialised only when it
     has taken `horizon` steps. restart=True (the paper's Algorithm 1): every window starts a fresh student
     (after `pretrain_steps` CE steps); use window = horizon for the full-episode version.
@@ -243,6 +264,7 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
     _check_int("horizon", horizon, window)
     _check_int("pretrain_steps", pretrain_steps, 0)
     _check_int("seed", seed, 0)
+    _check_pretrain_lr(pretrain_lr)
     if mode not in meta.META_MODES:
         raise ValueError(f"mode={mode!r} is not allowed: choose one of {', '.join(meta.META_MODES)}")
     if teacher_optimizer not in ("adam", "sgd"):
@@ -258,9 +280,10 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
                   momentum=momentum, teacher_lr=teacher_lr, surrogate=surrogate, k=k, dev_size=dev_size,
                   bank=bank, static=static, bias=bias, mode=mode, seed=seed, dataset=splits.name,
                   device=str(device), alpha=alpha, init_scale=init_scale, teacher_optimizer=teacher_optimizer,
-                  pretrain_lr=pretrain_lr)
+                  pretrain_lr=pretrain_lr, keep_activations=keep_activations, gate=gate)
     trace = Trace(config=config)
-    teacher = DLFTeacher(C, 4 + C, bank=bank, bias=bias, static=static, init_scale=init_scale, seed=seed).to(device)
+    teacher = DLFTeacher(C, 4 + C, bank=bank, bias=bias, static=static, init_scale=init_scale, seed=seed,
+                         gate=gate).to(device)
     opt = (torch.optim.Adam(teacher.parameters(), lr=teacher_lr) if teacher_optimizer == "adam"
            else torch.optim.SGD(teacher.parameters(), lr=teacher_lr))
     meta_params = list(teacher.parameters())
@@ -302,7 +325,7 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
 
         grads, params, velocity, dev_value, losses = meta.sgd_meta_grad(
             net, params, window_batches, loss_fn, meta_params, dev_fn, lr=lr, momentum=momentum,
-            velocity=velocity, mode=mode)
+            velocity=velocity, mode=mode, keep_activations=keep_activations and mode == "snapshot")
         opt.zero_grad(set_to_none=True)
         for p, g in zip(meta_params, grads):
             p.grad = g
@@ -327,11 +350,15 @@ def _train_student(splits: Splits, teacher: DLFTeacher | None, *, model: str, hi
                    steps: int, pretrain_steps: int, batch_size: int, lr: float, momentum: float, seed: int,
                    refresh_every: int, dev_size: int, eval_every: int, record: bool,
                    progress_bar: bool | None, alpha: float = 0.0, pretrain_lr: float | None = None) -> Trace:
-    """One student: `pretrain_steps` CE steps, then `steps` steps on CE (teacher None) or on l_{Φ_t}."""
+    """One student: `pretrain_steps` CE steps (lr `pretrain_lr`, None: lr), then `steps` steps (lr `lr`) on CE
+    (teacher None) or on α·CE + (1 − α)·l_{Φ_t}."""
     _check_common("steps", steps, lr, momentum, batch_size, len(splits.train))
     _check_int("pretrain_steps", pretrain_steps, 0)
     _check_int("refresh_every", refresh_every, 1)
     _check_int("seed", seed, 0)
+    _check_pretrain_lr(pretrain_lr)
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha!r} is not allowed: it must be in [0, 1]")
     device, C = splits.device, splits.num_classes
     dev = _dev_subset(splits, dev_size)
     kwargs = dict(hidden=hidden) if model == "mlp" else {}
@@ -531,30 +558,49 @@ def combined_trace(teacher_trace: Trace, deploy_trace: Trace) -> Trace:
 
 def _student(model: str, *, hidden=(500,), batch_size=64, lr=0.05, momentum=0.9, pretrain_steps=200, steps=2000,
              window=25, updates=80, teacher_lr=0.005, dev_size=1000, refresh_every=None, eval_every=None,
-             alpha=0.0, init_scale=1.0, pretrain_lr=None, ce_lr=None) -> dict:
+             alpha=0.0, init_scale=1.0, pretrain_lr=None, ce_lr=None, keep_activations=False,
+             lr_grid=None, ce_lr_grid=None, gate="state", teacher_optimizer="adam", static=False) -> dict:
     """A preset's student: "teacher" (train_teacher kwargs), "run" (deploy kwargs; compare's for CE minus alpha),
-    "init_scale" (the untrained teacher's Φ_0 = c·I), "ce_lr" (the CE student's own lr; None: lr)."""
+    "init_scale" (the untrained teacher's Φ_0 = c·I), "ce_lr" (the CE student's own lr; None: lr), and the dev
+    grids ("lr_grid", "ce_lr_grid") the notebook's `tune = True` sweeps."""
     shared = dict(model=model, hidden=tuple(hidden), batch_size=batch_size, lr=lr, momentum=momentum,
                   pretrain_steps=pretrain_steps, dev_size=dev_size, alpha=alpha, pretrain_lr=pretrain_lr)
     return dict(teacher=dict(shared, window=window, updates=updates, horizon=steps, teacher_lr=teacher_lr,
-                             init_scale=init_scale),
+                             init_scale=init_scale, keep_activations=keep_activations, gate=gate,
+                             teacher_optimizer=teacher_optimizer, static=static),
                 run=dict(shared, steps=steps, refresh_every=refresh_every or window,
                          eval_every=eval_every or max(steps // 10, 1)),
-                init_scale=init_scale, ce_lr=ce_lr)
+                init_scale=init_scale, gate=gate, static=static, ce_lr=lr if ce_lr is None else ce_lr,
+                lr_grid=list(lr_grid or [lr]), ce_lr_grid=list(ce_lr_grid or [lr if ce_lr is None else ce_lr]))
 
 
 PRESETS: dict[str, dict] = {
-    # CI: a tiny MLP on 3 000 MNIST images; checks that everything runs, proves nothing
-    "smoke": dict(dataset="mnist", load=dict(dev_size=500, train_size=3000), seeds=[0, 1, 2],
-                  students={"mlp": _student("mlp", hidden=(64,), pretrain_steps=20, steps=60, window=10,
-                                            updates=6, teacher_lr=0.01, dev_size=300)},
-                  note="smoke: MLP 784-64-10 on 3k images, 6 teacher updates of K = 10; for CI only"),
-    # the teaching default: the MNIST MLP 784-500-10 (headline), then the demo's LeNet, reduced
+    # CI: a tiny MLP on 2 000 MNIST images; checks that everything runs, proves nothing
+    "smoke": dict(dataset="mnist", load=dict(dev_size=300, train_size=2000), seeds=[0, 1, 2],
+                  students={"mlp": _student("mlp", hidden=(32,), pretrain_steps=20, steps=40, window=10, updates=4,
+                                            dev_size=200, eval_every=20, alpha=0.5, init_scale=4.0,
+                                            pretrain_lr=0.05, lr=0.02, ce_lr=0.02, teacher_lr=0.01,
+                                            teacher_optimizer="sgd", gate="progress", keep_activations=True,
+                                            lr_grid=[0.02, 0.05], ce_lr_grid=[0.02, 0.05])},
+                  note="smoke: MLP 784-32-10 on 2k images, 4 teacher updates of K = 10; for CI only"),
+    # the teaching default: the MNIST MLP 784-500-10 (headline), then the demo's LeNet, reduced. As the demo:
+    # CE pre-training (shared by every method), --combine_loss α = 0.5, plain SGD lr 0.01 on the teacher;
+    # Φ_0 = 4·I (slope up to 1, as CE's, on confident examples); one learned Φ (the demo without --dynamic: the
+    # only teacher family whose updates helped on dev, 3 of 3 seeds; static=False in the notebook: progress gate);
+    # the student lrs after pre-training tuned on dev, 6 rates per method (see the notebook)
     "cpu": dict(dataset="mnist", load=dict(dev_size=5000), seeds=[0, 1, 2],
-                students={"mlp": _student("mlp"),
-                          "lenet": _student("lenet", pretrain_steps=100, steps=300, window=20, updates=12,
-                                            eval_every=150)},
-                note="cpu: MNIST MLP 784-500-10 (K = 25 windows, truncated as in the demo), then LeNet, reduced"),
+                students={"mlp": _student("mlp", pretrain_steps=1000, pretrain_lr=0.05, steps=1500, lr=0.01,
+                                          ce_lr=0.005, alpha=0.5, init_scale=4.0, window=25, updates=60,
+                                          teacher_lr=0.01, teacher_optimizer="sgd", static=True,
+                                          gate="progress", keep_activations=True,
+                                          lr_grid=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
+                                          ce_lr_grid=[0.0025, 0.005, 0.01, 0.02, 0.05, 0.1]),
+                          "lenet": _student("lenet", pretrain_steps=300, pretrain_lr=0.05, steps=300, lr=0.01,
+                                            ce_lr=0.005, alpha=0.5, init_scale=4.0, window=20, updates=15,
+                                            teacher_lr=0.01, teacher_optimizer="sgd", static=True,
+                                            gate="progress", keep_activations=True, eval_every=150)},
+                note="cpu: MNIST MLP 784-500-10 (1000 CE pre-training steps, then 1500 steps; K = 25 windows, "
+                     "truncated as in the demo; dev-tuned lrs), then LeNet, reduced, with the MLP's settings"),
     # the paper's setting on a GPU: CIFAR-10 ResNets (needs the CIFAR-10 files under LABKIT_DATA)
     "paper": dict(dataset="cifar10", load=dict(dev_size=5000), seeds=[0, 1, 2, 3, 4],
                   students={m: _student(m, batch_size=128, lr=0.1, pretrain_steps=1000, steps=64_000, window=50,

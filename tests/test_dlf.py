@@ -200,6 +200,14 @@ def test_bad_parameters_raise():
         dlf.train_teacher(splits, window=0, **SMALL)
     with pytest.raises(ValueError, match="dev_size"):
         dlf.train_teacher(splits, **{**SMALL, "dev_size": 10_000})
+    with pytest.raises(ValueError, match="pretrain_lr"):
+        dlf.train_teacher(splits, pretrain_lr=0.0, **SMALL)
+    with pytest.raises(ValueError, match="alpha"):
+        dlf.train_teacher(splits, alpha=1.0, **SMALL)
+    with pytest.raises(ValueError, match="teacher_optimizer"):
+        dlf.train_teacher(splits, teacher_optimizer="rmsprop", **SMALL)
+    with pytest.raises(ValueError, match="alpha"):
+        dlf.deploy(dlf.untrained_teacher(splits), splits, alpha=2.0, **SMALL)
 
 
 def test_phi_pair_changes():
@@ -306,3 +314,20 @@ def test_lr_sweep_and_compare_with_own_ce_lr():
     assert res["dlf_traces"][0].config["alpha"] == 0.5 and "alpha" not in res["ce_traces"][0].config
     with pytest.raises(ValueError, match="lrs"):
         dlf.lr_sweep(splits, [], **kw)
+
+
+def test_progress_gate_makes_phase_matrices():
+    teacher = dlf.DLFTeacher(3, 7, bank=3, gate="progress", init_scale=2.0, seed=0)
+    assert teacher.attend is None
+    state = torch.zeros(7)
+    for p, want in ((0.0, [1, 0, 0]), (0.25, [0.5, 0.5, 0]), (1.0, [0, 0, 1])):
+        state[0] = p
+        torch.testing.assert_close(teacher(state)[2], torch.tensor(want, dtype=torch.float32))
+    with pytest.raises(ValueError, match="gate"):
+        dlf.DLFTeacher(3, 7, gate="time")
+    # trained through windows, the phases' matrices move differently: Φ_t changes over the run
+    _, trace = dlf.train_teacher(_splits(), window=5, updates=4, horizon=20, pretrain_steps=2, gate="progress",
+                                 bank=3, init_scale=2.0, alpha=0.5, teacher_lr=0.05, seed=0, progress_bar=False,
+                                 **SMALL)
+    d = dlf.phi_dynamics(trace.stack("phi")[1])
+    assert d["dynamic_range"] > 0.01 and trace.config["gate"] == "progress"

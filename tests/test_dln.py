@@ -252,6 +252,26 @@ def test_ce_baseline_sees_the_same_batches():
     assert ce.metrics["test_err"] == pytest.approx(100 * (1 - ce.metrics["test_acc"]))
 
 
+def test_no_teacher_control_trains_on_the_runs_initial_dln():
+    """train_fixed_loss = plain SGD on the initial DLN of train_teacher(seed) (seed + 1), on the same batches."""
+    splits = _synthetic()
+    fx = dln.train_fixed_loss(splits, student="mlp", student_kwargs={"hidden": (16,)}, steps=4, batch_size=20,
+                              init="bce", init_steps=50, seed=3, progress_bar=False)
+    net = dln.make_loss_network("bce", splits.num_classes, seed=4, init_steps=50)
+    model = models.build("mlp", splits.in_shape, splits.num_classes, seed=3, hidden=(16,))
+    stream = data.batches(len(splits.train), 20, seed=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(4):
+        i = next(stream)
+        loss = dln.dln_loss(net, None, model(splits.train.x[i]), splits.train.y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    from labkit.train import evaluate
+    assert evaluate(model, splits.test)["acc"] == fx.metrics["test_acc"]
+    assert fx.config["method"] == "fixed-dln" and fx.config["init_fit"]["rmse"] > 0
+
+
 # ------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("K", [0, -3, 1.5])

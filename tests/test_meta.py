@@ -44,13 +44,14 @@ def _objective(model, params, velocity, batches, make, dev_fn, theta, lr, moment
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("mode", meta.META_MODES)
-def test_meta_grad_matches_finite_differences(mode, momentum):
+@pytest.mark.parametrize("mode,keep", [("unroll", False), ("snapshot", False), ("snapshot", True)])
+def test_meta_grad_matches_finite_differences(mode, keep, momentum):
     model, params, velocity, batches, theta, make, dev_fn = _problem(momentum)
     lr = 0.5
     theta = [t.clone().requires_grad_() for t in theta]
     grads, w_k, v_k, dev, _ = meta.sgd_meta_grad(model, params, batches, make(theta), theta, dev_fn, lr=lr,
-                                                 momentum=momentum, velocity=velocity, mode=mode)
+                                                 momentum=momentum, velocity=velocity, mode=mode,
+                                                 keep_activations=keep)
     base = [t.detach().clone() for t in theta]
     eps = 1e-6
     fd = []
@@ -110,3 +111,15 @@ def test_bad_mode_and_lr_raise():
         meta.sgd_meta_grad(model, params, batches, make(theta), theta, dev_fn, lr=0.0)
     with pytest.raises(ValueError, match="momentum"):
         meta.sgd_meta_grad(model, params, batches, make(theta), theta, dev_fn, lr=0.1, momentum=1.0)
+
+
+def test_keep_activations_gives_the_same_numbers():
+    model, params, velocity, batches, theta, make, dev_fn = _problem(0.9, K=5, seed=2)
+    theta = [t.clone().requires_grad_() for t in theta]
+    a, b = (meta.sgd_meta_grad(model, params, batches, make(theta), theta, dev_fn, lr=0.3, momentum=0.9,
+                               velocity=velocity, mode="snapshot", keep_activations=keep) for keep in (False, True))
+    for ga, gb in zip(a[0], b[0]):
+        torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-14)
+    for n in a[1]:
+        torch.testing.assert_close(a[1][n], b[1][n], rtol=0, atol=0)
+    assert a[3] == b[3]
