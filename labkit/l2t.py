@@ -126,7 +126,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(Setup(batch_size=16, shown=16, tau=0.6, max_steps=40, lr=0.05, dev_every=5, eval_size=300),
                     train_size=3000, episodes=4, deploy_steps=40, seeds=(0, 1, 2), teacher_lr=0.03, group_size=2,
-                    normalize=True, init_keep=0.5, transfer_steps=30, test_size=1000,
+                    normalize=True, transfer_steps=30, test_size=1000,
                     note="CI only: numbers mean nothing"),
     # Scaled down to run in minutes on 2 CPU cores: τ = 0.9 is reached in ~200-250 of T' = 400 steps (SGD 0.02,
     # momentum 0.9, M = 32), dev checked every 5 steps on 2500 examples (a dev half); the teacher trains on
@@ -290,8 +290,8 @@ def _make_policy(method: str, *, teacher: Teacher | None, sample: bool, keep_rat
         return _Policy(method, False, lambda f, l, step, n: (torch.ones(n, dtype=torch.bool, device=generator.device),
                                                              torch.ones(n, device=generator.device)))
     if method == "randteach":
-        if keep_rate is None or not 0 < keep_rate <= 1:
-            raise ValueError(f"keep_rate={keep_rate!r} is not allowed: RandTeach needs the fraction to keep in (0, 1]")
+        if keep_rate is None or not 0 <= keep_rate <= 1:  # 0: copies a teacher that dropped everything
+            raise ValueError(f"keep_rate={keep_rate!r} is not allowed: RandTeach needs the fraction to keep in [0, 1]")
 
         def decide_rand(f, l, step, n):
             p = torch.full((n,), float(keep_rate), device=generator.device)
@@ -380,6 +380,8 @@ def _run_student(train: Split, dev: Split, setup: Setup, policy: _Policy, *, num
                 run.features.append(features)
                 run.actions.append(keep)
             pool = torch.cat([pool, idx[keep]])
+            run.shown += len(keep)  # counted per draw, so a run that stalls before its first step has a keep rate
+            run.kept += int(keep.sum())
             shown_idx.append(idx), shown_keep.append(keep), shown_p.append(p)
             if record and features is not None:
                 shown_feats.append(features)
@@ -394,8 +396,6 @@ def _run_student(train: Split, dev: Split, setup: Setup, policy: _Policy, *, num
         opt.step()
         value = loss.item()
         shown_keep_t = torch.cat(shown_keep)
-        run.shown += len(shown_keep_t)
-        run.kept += int(shown_keep_t.sum())
         if record:
             shown_idx_t = torch.cat(shown_idx)
             extra = {}
@@ -624,11 +624,12 @@ def compare(train: Split, dev: Split, test: Split, *, teacher: Teacher, setup: S
 
 def summarize(results: dict[str, list[Trace]]) -> dict[str, dict]:
     """Per method: effective examples to τ over seeds (mean, std), how many seeds reached τ, keep rate,
-    final test accuracy. A seed that never reached τ counts at its whole budget (a lower bound), and
+    final test accuracy. A seed that never reached τ counts at its whole budget, steps · M (a lower bound), and
     `reached` says how many did."""
     table = {}
     for method, traces in results.items():
-        to_tau = [t.metrics["effective_examples_to_tau"] or t.metrics["effective_examples"] for t in traces]
+        # not reached (or the run stopped early): counted at the whole budget, steps · M
+        to_tau = [t.metrics["effective_examples_to_tau"] or t.config["steps"] * t.config["batch_size"] for t in traces]
         reached = sum(t.metrics["effective_examples_to_tau"] is not None for t in traces)
         table[method] = dict(to_tau=to_tau, mean=float(np.mean(to_tau)), std=float(np.std(to_tau)),
                              reached=reached, seeds=len(traces),

@@ -294,3 +294,18 @@ def test_loss_threshold_teacher_keeps_high_loss_examples():
     assert p[0] < 0.01 and p[1] > 0.99 and p[2] > 0.99
     with pytest.raises(ValueError, match="threshold="):
         l2t.loss_threshold_teacher(3, threshold=0.0)
+
+
+def test_teacher_that_drops_everything_stalls_and_counts_the_whole_budget():
+    train, dev = _blobs(600, seed=0), _blobs(200, seed=1)
+    teacher = l2t.Teacher(4, seed=0)
+    with torch.no_grad():
+        teacher.out.bias.fill_(-30.0)  # p(keep) ~ 0: deployed, it keeps nothing
+    out = l2t.compare(train, dev, dev, teacher=teacher, setup=SETUP, steps=20, seeds=[0], num_classes=4,
+                      methods=("l2t", "noteach", "randteach"), record_seed=0, progress_bar=False)
+    run = out["l2t"][0]
+    assert run.metrics["steps_done"] == 0 and run.metrics["keep_rate"] == 0.0
+    assert any("kept only 0" in m for m in run.messages)
+    table = l2t.summarize(out)
+    assert table["l2t"]["mean"] == 20 * SETUP.batch_size and table["l2t"]["reached"] == 0
+    assert table["randteach"]["keep_rate"] == 0.0
