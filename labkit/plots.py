@@ -69,6 +69,21 @@ def color_range(values: np.ndarray, symmetric: bool) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
 
 
+def animation_controls(names: Sequence[str], *, prefix: str = "step ", frame_ms: int = 150, active: int = 0,
+                       y: float = -0.05, button_y: float = -0.12) -> dict:
+    """Layout entries (`updatemenus`, `sliders`) for a Play/Pause button and a slider over frames `names`."""
+    slider_steps = [dict(method="animate", label=name,
+                         args=[[name], dict(mode="immediate", frame=dict(duration=0, redraw=True),
+                                            transition=dict(duration=0))]) for name in names]
+    play = dict(label="Play", method="animate",
+                args=[None, dict(frame=dict(duration=frame_ms, redraw=True), fromcurrent=True, transition=dict(duration=0))])
+    pause = dict(label="Pause", method="animate", args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])
+    return dict(updatemenus=[dict(type="buttons", direction="left", x=0.0, y=button_y,
+                                  xanchor="left", yanchor="top", buttons=[play, pause])],
+                sliders=[dict(active=active, steps=slider_steps, x=0.12, len=0.88, y=y, yanchor="top",
+                              currentvalue=dict(prefix=prefix))])
+
+
 def heatmap_scrubber(steps: Sequence[int], values: np.ndarray, *, x_labels: Sequence[str] | None = None,
                      y_labels: Sequence[str] | None = None, title: str = "", x_title: str = "",
                      y_title: str = "", colorscale: str = "Viridis", symmetric: bool = False,
@@ -95,22 +110,12 @@ def heatmap_scrubber(steps: Sequence[int], values: np.ndarray, *, x_labels: Sequ
                           hovertemplate=f"{y_title or 'row'} %{{y}}<br>{x_title or 'column'} %{{x}}<br>%{{z:.4f}}<extra></extra>")
 
     frames = [go.Frame(data=[heatmap(i)], name=str(int(steps[i]))) for i in keep]
-    slider_steps = [dict(method="animate", label=str(int(steps[i])),
-                         args=[[str(int(steps[i]))], dict(mode="immediate", frame=dict(duration=0, redraw=True),
-                                                        transition=dict(duration=0))]) for i in keep]
     fig = go.Figure(data=[heatmap(int(keep[-1]))], frames=frames)
     fig.update_layout(
         title=title, template="plotly_white", xaxis_title=x_title, yaxis_title=y_title,
         xaxis=dict(type="category", side="bottom"), yaxis=dict(type="category", autorange="reversed"),
-        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.12, xanchor="left", yanchor="top",
-                          buttons=[dict(label="Play", method="animate",
-                                        args=[None, dict(frame=dict(duration=frame_ms, redraw=True),
-                                                         fromcurrent=True, transition=dict(duration=0))]),
-                                   dict(label="Pause", method="animate",
-                                        args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])],
-        sliders=[dict(active=len(keep) - 1, steps=slider_steps, x=0.12, len=0.88, y=-0.05, yanchor="top",
-                      currentvalue=dict(prefix="step "))],
         margin=dict(b=110),
+        **animation_controls([f.name for f in frames], frame_ms=frame_ms, active=len(keep) - 1),
     )
     return fig
 
@@ -220,22 +225,13 @@ def l2t_keep_scrubber(trace: Trace, images, *, n_images: int = 16, cols: int = 8
                 go.Scatter(mode="text", textfont=dict(size=10), hoverinfo="text", **text)]
 
     frames = [go.Frame(data=data(i), name=str(int(steps[i]))) for i in keep_frames]
-    slider_steps = [dict(method="animate", label=str(int(steps[i])),
-                         args=[[str(int(steps[i]))], dict(mode="immediate", frame=dict(duration=0, redraw=True),
-                                                        transition=dict(duration=0))]) for i in keep_frames]
     fig = go.Figure(data=frames[0].data, frames=frames)
     fig.update_layout(
         title=title + "<br><sup>green frame: kept · red frame, faded: dropped · number: p(keep)</sup>",
         template="plotly_white", xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x"),
         showlegend=False, height=360, margin=dict(l=10, r=10, t=70, b=110),
-        updatemenus=[dict(type="buttons", direction="left", x=0.0, y=-0.05, xanchor="left", yanchor="top",
-                          buttons=[dict(label="Play", method="animate",
-                                        args=[None, dict(frame=dict(duration=frame_ms, redraw=True),
-                                                         fromcurrent=True, transition=dict(duration=0))]),
-                                   dict(label="Pause", method="animate",
-                                        args=[[None], dict(mode="immediate", frame=dict(duration=0, redraw=False))])])],
-        sliders=[dict(active=0, steps=slider_steps, x=0.12, len=0.88, y=-0.02, yanchor="top",
-                      currentvalue=dict(prefix="student step "))],
+        **animation_controls([f.name for f in frames], prefix="student step ", frame_ms=frame_ms, y=-0.02,
+                             button_y=-0.05),
     )
     return fig
 
