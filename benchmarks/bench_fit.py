@@ -10,6 +10,7 @@ Prints samples/s (training samples over the whole run's time) and the ratios.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -18,22 +19,24 @@ import torch.nn.functional as F
 import labkit
 
 
-def plain_loop(model, splits, steps, batch_size, seed):
-    """What one would write by hand: tensors in memory, a randperm per epoch, SGD."""
+def sgd_loop(model, batches, steps, splits):
+    """`steps` SGD steps over an endless iterator of (x, y) batches, then the final evaluation fit also does."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for x, y in itertools.islice(batches, steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    final_eval(model, splits)
+
+
+def in_memory_batches(splits, batch_size, seed):
+    """What one would write by hand: tensors in memory, a randperm per epoch."""
     g = torch.Generator().manual_seed(seed)
     x, y = splits.train.x, splits.train.y
-    step = 0
-    while step < steps:
+    while True:
         for idx in torch.randperm(len(y), generator=g).split(batch_size):
-            if step == steps:
-                break
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    final_eval(model, splits)
+            yield x[idx], y[idx]
 
 
 def final_eval(model, splits):
@@ -44,24 +47,8 @@ def final_eval(model, splits):
             torch.cat([model(x) for x in split.x.split(4096)]).argmax(1).eq(split.y).float().mean().item()
 
 
-def dataloader_loop(model, loader, steps, splits):
-    """The torchvision tutorial way: a Dataset with transforms, read through a DataLoader."""
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    step = 0
-    while step < steps:
-        for x, y in loader:
-            if step == steps:
-                break
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    final_eval(model, splits)
-
-
 def make_loader(batch_size, workers):
-    import torchvision
+    """The torchvision tutorial way: the MNIST Dataset with ToTensor + Normalize, read through a DataLoader."""
     from torchvision import transforms
 
     from labkit.data import _torchvision_images, data_root
@@ -87,8 +74,9 @@ def main() -> None:
         # all three evaluate dev and test once at the end (fit: eval_every=0)
         "labkit.fit": lambda: labkit.fit(build(), splits, steps=args.steps, batch_size=args.batch_size, lr=0.1,
                                          momentum=0.9, seed=0, eval_every=0, progress_bar=False),
-        "plain loop": lambda: plain_loop(build(), splits, args.steps, args.batch_size, 0),
-        "DataLoader loop": lambda: dataloader_loop(build(), loader, args.steps, splits),
+        "plain loop": lambda: sgd_loop(build(), in_memory_batches(splits, args.batch_size, 0), args.steps, splits),
+        "DataLoader loop": lambda: sgd_loop(build(), itertools.chain.from_iterable(itertools.repeat(loader)),
+                                            args.steps, splits),
     }
     best = {name: float("inf") for name in runs}
     for _ in range(args.rounds):

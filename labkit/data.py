@@ -83,14 +83,15 @@ class Splits:
                       self.in_shape, self.num_classes, self.classes, self.augment)
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+def check_int(name: str, value, low: int, high: int | None = None) -> None:
+    """The lab's one check of an integer parameter: a ValueError naming it, its value and what is allowed."""
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name}={value!r} is not allowed: it must be an integer {allowed}")
 
 
 def _carve_dev(x: torch.Tensor, y: torch.Tensor, dev_size: int, seed: int) -> tuple[Split, Split]:
-    _check_int("dev_size", dev_size, 0, len(y) - 1)
+    check_int("dev_size", dev_size, 0, len(y) - 1)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     dev_idx, train_idx = order[:dev_size], order[dev_size:]
     return Split(x[train_idx], y[train_idx]), Split(x[dev_idx], y[dev_idx])
@@ -208,7 +209,7 @@ def load(name: str, *, dev_size: int = 5000, seed: int = 0, device: str | torch.
     x_test = (x_test.float() / 255 - mean) / std
     train, dev = _carve_dev(x, y, dev_size, seed)
     if train_size is not None:
-        _check_int("train_size", train_size, 1, len(train))
+        check_int("train_size", train_size, 1, len(train))
         train = train[:train_size]
     classes = _MNIST_CLASSES if key == "mnist" else tuple(getattr(train_set, "classes", ())) or _CIFAR10_CLASSES
     return Splits(train.to(device), dev.to(device), Split(x_test, y_test).to(device), key, tuple(x.shape[1:]),
@@ -222,7 +223,7 @@ def batches(n: int, batch_size: int, *, seed: int, device: torch.device | str = 
     Epoch e's permutation is a pure function of (seed, e), so a run resumed at batch `start`
     sees exactly the batches the uninterrupted run would have seen. The last partial batch is dropped.
     """
-    _check_int("batch_size", batch_size, 1, n)
+    check_int("batch_size", batch_size, 1, n)
     per_epoch = n // batch_size
     epoch, offset = divmod(start, per_epoch)
     generator = torch.Generator(device=device)
@@ -289,14 +290,14 @@ def load_ptb(root: str | Path | None = None, device: str | torch.device = "cpu")
 
 def batchify(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     """[N] token stream -> [N // batch_size, batch_size]: each column a contiguous slice of the text."""
-    _check_int("batch_size", batch_size, 1, len(tokens))
+    check_int("batch_size", batch_size, 1, len(tokens))
     n = len(tokens) // batch_size
     return tokens[: n * batch_size].view(batch_size, n).t().contiguous()
 
 
 def bptt_windows(stream: torch.Tensor, bptt: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Over a batchified stream [L, B]: (input [bptt, B], target [bptt, B]) windows from row `start` on."""
-    _check_int("bptt", bptt, 1)
+    check_int("bptt", bptt, 1)
     for i in range(start, stream.size(0) - 1, bptt):
         n = min(bptt, stream.size(0) - 1 - i)
         yield stream[i:i + n], stream[i + 1:i + 1 + n]

@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from . import meta
-from .data import Split, Splits, _check_int, batches
+from .data import Split, Splits, check_int, batches
 from .models import build
 from .trace import Trace
 from .train import confusion, evaluate, progress
@@ -147,9 +147,9 @@ class DLFTeacher(nn.Module):
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"gate={gate!r} is not allowed: choose one of {', '.join(GATES)}")
-        _check_int("num_classes", num_classes, 2)
-        _check_int("bank", bank, 1)
-        _check_int("hidden", hidden, 1)
+        check_int("num_classes", num_classes, 2)
+        check_int("bank", bank, 1)
+        check_int("hidden", hidden, 1)
         self.num_classes, self.state_dim, self.static, self.gate = num_classes, state_dim, static, gate
         bank = 1 if static else bank
         generator = torch.Generator().manual_seed(seed)
@@ -190,8 +190,8 @@ class DLFTeacher(nn.Module):
 # ---------------------------------------------------------------- helpers
 
 def _check_common(steps_name: str, steps: int, lr: float, momentum: float, batch_size: int, n: int) -> None:
-    _check_int(steps_name, steps, 1)
-    _check_int("batch_size", batch_size, 1, n)
+    check_int(steps_name, steps, 1)
+    check_int("batch_size", batch_size, 1, n)
     if not lr > 0:
         raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
     if not 0 <= momentum < 1:
@@ -204,7 +204,7 @@ def _check_pretrain_lr(pretrain_lr: float | None) -> None:
 
 
 def _dev_subset(splits: Splits, size: int) -> Split:
-    _check_int("dev_size", size, 1, len(splits.dev))
+    check_int("dev_size", size, 1, len(splits.dev))
     return splits.dev[:size]
 
 
@@ -260,10 +260,10 @@ def train_teacher(splits: Splits, *, model: str = "mlp", hidden: tuple[int, ...]
     "dev_surrogate", "dev_acc" (at the window's end), "meta_grad_norm", "train_loss".
     """
     _check_common("window", window, lr, momentum, batch_size, len(splits.train))
-    _check_int("updates", updates, 1)
-    _check_int("horizon", horizon, window)
-    _check_int("pretrain_steps", pretrain_steps, 0)
-    _check_int("seed", seed, 0)
+    check_int("updates", updates, 1)
+    check_int("horizon", horizon, window)
+    check_int("pretrain_steps", pretrain_steps, 0)
+    check_int("seed", seed, 0)
     _check_pretrain_lr(pretrain_lr)
     if mode not in meta.META_MODES:
         raise ValueError(f"mode={mode!r} is not allowed: choose one of {', '.join(meta.META_MODES)}")
@@ -353,9 +353,9 @@ def _train_student(splits: Splits, teacher: DLFTeacher | None, *, model: str, hi
     """One student: `pretrain_steps` CE steps (lr `pretrain_lr`, None: lr), then `steps` steps (lr `lr`) on CE
     (teacher None) or on α·CE + (1 − α)·l_{Φ_t}."""
     _check_common("steps", steps, lr, momentum, batch_size, len(splits.train))
-    _check_int("pretrain_steps", pretrain_steps, 0)
-    _check_int("refresh_every", refresh_every, 1)
-    _check_int("seed", seed, 0)
+    check_int("pretrain_steps", pretrain_steps, 0)
+    check_int("refresh_every", refresh_every, 1)
+    check_int("seed", seed, 0)
     _check_pretrain_lr(pretrain_lr)
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha={alpha!r} is not allowed: it must be in [0, 1]")

@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from . import models
-from .data import Splits, _check_int, augment_batch, batches
+from .data import Splits, check_int, augment_batch, batches
 from .meta import Params, unroll_sgd
 from .trace import Trace
 from .train import evaluate, fit, progress
@@ -112,8 +112,8 @@ def fit_loss_network(net: nn.Module, num_classes: int, *, steps: int = 500, lr: 
     full batch, `steps` steps. Deterministic given `seed` and the net's starting weights.
     Returns {"rmse": root-mean-square error to the target at the end, "target_rms": rms of the target}.
     """
-    _check_int("num_classes", num_classes, 2)
-    _check_int("init_steps", steps, 0)
+    check_int("num_classes", num_classes, 2)
+    check_int("init_steps", steps, 0)
     check_loss_network(net)
     ref = next(net.parameters())
     gen = torch.Generator().manual_seed(seed)
@@ -200,7 +200,7 @@ def loss_surface(net: nn.Module, weights: Params | None = None, grid: int = 21) 
 
     Rows: σ(z_y) (the true class's sigmoid); columns: σ(z_j) (a wrong class's sigmoid). Returns [G, G].
     """
-    _check_int("grid", grid, 2)
+    check_int("grid", grid, 2)
     ref = next(net.parameters()) if weights is None else next(iter(weights.values()))
     g = torch.linspace(0, 1, grid, dtype=ref.dtype, device=ref.device)
     sy, sj = torch.meshgrid(g, g, indexing="ij")
@@ -314,12 +314,12 @@ def _check_student(student: str) -> None:
 
 def _check_common(splits: Splits, K: int, steps: int, batch_size: int, dev_batch_size: int, lr: float,
                   momentum: float, grid: int, seed: int) -> None:
-    _check_int("K", K, 1)
-    _check_int("teacher_steps", steps, 1)
-    _check_int("batch_size", batch_size, 1, len(splits.train))
-    _check_int("dev_batch_size", dev_batch_size, 1, len(splits.dev))
-    _check_int("grid", grid, 2)
-    _check_int("seed", seed, 0)
+    check_int("K", K, 1)
+    check_int("teacher_steps", steps, 1)
+    check_int("batch_size", batch_size, 1, len(splits.train))
+    check_int("dev_batch_size", dev_batch_size, 1, len(splits.dev))
+    check_int("grid", grid, 2)
+    check_int("seed", seed, 0)
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr={lr!r} is not allowed: it must be a finite number > 0")
     if not 0 <= momentum < 1:
@@ -358,7 +358,7 @@ def _run(splits: Splits, *, student: str, student_kwargs: dict | None, teacher_s
         raise ValueError(f"lstm_lr={lstm_lr!r} is not allowed: it must be a finite number > 0")
     if eval_every is None:
         eval_every = max(teacher_steps // 25, 1)
-    _check_int("eval_every", eval_every, 0)
+    check_int("eval_every", eval_every, 0)
     device = splits.device
     dtype = splits.train.x.dtype  # the student, the DLN and the LSTM compute in the data's dtype
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split, _check_int, batches
+from .data import Split, check_int, batches
 from .models import build
 from .trace import Trace
 from .train import predict, progress
@@ -83,13 +83,13 @@ class Setup:
     def check(self) -> "Setup":
         if not isinstance(self.tau, (int, float)) or not 0 < self.tau < 1:
             raise ValueError(f"tau={self.tau!r} is not allowed: the accuracy threshold τ must be in (0, 1)")
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("shown", self.shown, 1)
-        _check_int("max_steps", self.max_steps, 1)
-        _check_int("dev_every", self.dev_every, 1)
-        _check_int("max_draws", self.max_draws, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("shown", self.shown, 1)
+        check_int("max_steps", self.max_steps, 1)
+        check_int("dev_every", self.dev_every, 1)
+        check_int("max_draws", self.max_draws, 1)
         if self.eval_size is not None:
-            _check_int("eval_size", self.eval_size, 1)
+            check_int("eval_size", self.eval_size, 1)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r} is not allowed: choose 'sgd' or 'adam'")
         if not self.lr > 0:
@@ -159,7 +159,7 @@ def split_halves(train: Split, seed: int = 0) -> tuple[Split, Split]:
     Each class's examples are permuted with `seed` and its first half goes to the teacher, so both
     halves keep the class balance. Each half is returned in a seeded shuffled order.
     """
-    _check_int("seed", seed, 0)
+    check_int("seed", seed, 0)
     gen = torch.Generator().manual_seed(seed)
     y = train.y.cpu()
     first, second = [], []
@@ -208,8 +208,8 @@ class Teacher(nn.Module):
 
     def __init__(self, num_classes: int = 10, hidden: int = 12, init_keep: float = 0.88, seed: int | None = None):
         super().__init__()
-        _check_int("num_classes", num_classes, 2)
-        _check_int("hidden", hidden, 1)
+        check_int("num_classes", num_classes, 2)
+        check_int("hidden", hidden, 1)
         if not 0 < init_keep < 1:
             raise ValueError(f"init_keep={init_keep!r} is not allowed: it must be in (0, 1)")
         self.num_classes, self.in_features = num_classes, feature_dim(num_classes)
@@ -472,11 +472,11 @@ def train_teacher(train: Split, dev: Split, *, setup: Setup, episodes: int, num_
     Trace scalars per episode: "reward", "baseline", "advantage", "steps_to_tau", "keep_rate", "p_keep_mean".
     """
     setup.check()
-    _check_int("episodes", episodes, 1)
-    _check_int("group_size", group_size, 1, episodes)
+    check_int("episodes", episodes, 1)
+    check_int("group_size", group_size, 1, episodes)
     if student_seeds is not None:
-        _check_int("student_seeds", student_seeds, 1)
-    _check_int("seed", seed, 0)
+        check_int("student_seeds", student_seeds, 1)
+    check_int("seed", seed, 0)
     _check_split("train", train)
     _check_split("dev", dev)
     if not 0 <= baseline_decay < 1:
@@ -574,8 +574,8 @@ def deploy(method: str, train: Split, dev: Split, test: Split, *, setup: Setup, 
     metrics: effective_examples_to_tau (None if τ was not reached), keep_rate, test_acc (whole test split), ...
     """
     setup = setup.check()
-    _check_int("steps", steps, 1)
-    _check_int("seed", seed, 0)
+    check_int("steps", steps, 1)
+    check_int("seed", seed, 0)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not allowed: choose one of {', '.join(METHODS)}")
     for name, split in (("train", train), ("dev", dev), ("test", test)):

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Splits, TextSplits, _check_int, augment_batch, batches, batchify
+from .data import Splits, TextSplits, check_int, augment_batch, batches, batchify
 from .models import build
 from .trace import Trace
 from .train import evaluate, make_schedule, predict, progress, seed_everything
@@ -74,7 +74,7 @@ def check_params(*, alpha: float, student_steps: int, temperature: float, num_st
             continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
             raise ValueError(f"{name}={value!r} is not allowed: it must be a finite number >= 0")
-    _check_int("student_steps", student_steps, 1)
+    check_int("student_steps", student_steps, 1)
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) \
             or temperature <= 0:
         raise ValueError(f"temperature={temperature!r} is not allowed: it must be a finite number > 0")
@@ -82,7 +82,7 @@ def check_params(*, alpha: float, student_steps: int, temperature: float, num_st
             and not allow_zero_students:
         raise ValueError("num_students=0 is not allowed: LoT needs at least one student (an integer >= 1); "
                          "for the teacher-only baseline call train_teacher_only")
-    _check_int("num_students", num_students, 0 if allow_zero_students else 1)
+    check_int("num_students", num_students, 0 if allow_zero_students else 1)
     if loss not in LOSSES:
         raise ValueError(f"loss={loss!r} is not allowed: choose one of {', '.join(LOSSES)}")
 
@@ -202,12 +202,12 @@ def _probe_kls(teacher: nn.Module, students: list[nn.Module], x: torch.Tensor, t
 def _run_vision(splits, model, student_model, num_students, alpha, student_alpha, student_steps, temperature, loss,
                 steps, batch_size, lr, student_lr, momentum, weight_decay, nesterov, schedule, seed, eval_every,
                 probe_size, model_kwargs, progress_bar, method) -> LoTResult:
-    _check_int("steps", steps, 1)
-    _check_int("seed", seed, 0)
-    _check_int("batch_size", batch_size, 1, len(splits.train))
-    _check_int("probe_size", probe_size, 1)
+    check_int("steps", steps, 1)
+    check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1, len(splits.train))
+    check_int("probe_size", probe_size, 1)
     eval_every = max(steps // 10, 1) if eval_every is None else eval_every
-    _check_int("eval_every", eval_every, 0)
+    check_int("eval_every", eval_every, 0)
     device, n = splits.device, len(splits.train)
     seed_everything(seed)
     teacher = build(model, splits.in_shape, splits.num_classes, seed=seed, device=device, **model_kwargs).train()
@@ -257,11 +257,7 @@ def _run_vision(splits, model, student_model, num_students, alpha, student_alpha
             with slot:
                 s_logits.append(s(x))
         ce = F.cross_entropy(t_logits, y)
-        objective = ce
-        if alpha > 0:  # skipped at alpha = 0 so that the teacher-only run is bit-for-bit the same
-            reg = torch.stack([kl_div_logits(t_logits, sl.detach(), temperature) for sl in s_logits]).mean()
-            objective = ce + alpha * reg
-            t_kl[step] = reg.detach()
+        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, t_kl, step)
         t_opt.zero_grad(set_to_none=True)
         objective.backward()
         t_opt.step()
@@ -303,29 +299,46 @@ def _run_vision(splits, model, student_model, num_students, alpha, student_alpha
         if eval_every and done % eval_every == 0 and done < steps:
             evaluate_all(done)
     evaluate_all(steps)
-    _log_steps(trace, steps, t_loss, t_ce, t_kl, s_loss, s_kl, alpha)
     test = evaluate(teacher, splits.test)
-    trace.metrics.update(test_acc=test["acc"], test_loss=test["loss"], steps=steps,
-                         student_steps_total=steps * student_steps * num_students,
-                         compute_steps=steps * (1 + student_steps * num_students))
+    trace.metrics.update(test_acc=test["acc"], test_loss=test["loss"])
     for i, s in enumerate(students):
         trace.metrics[f"student_test_acc/{i}"] = evaluate(s, splits.test)["acc"]
-        trace.metrics[f"kl_train/{i}"] = trace.last(f"kl_train/{i}")
-        trace.metrics[f"kl_test/{i}"] = trace.last(f"kl_test/{i}")
-    if not math.isfinite(test["loss"]):
-        trace.note(f"training diverged: teacher test loss is {test['loss']}; try a smaller lr (lr={lr})")
-    return LoTResult(teacher.eval(), [s.eval() for s in students], trace)
+    return _finish(trace, teacher, students, (t_loss, t_ce, t_kl, s_loss, s_kl), alpha=alpha, steps=steps,
+                   student_steps=student_steps, final=("test loss", test["loss"]), lr=lr)
 
 
-def _log_steps(trace, steps, t_loss, t_ce, t_kl, s_loss, s_kl, alpha) -> None:
+def _teacher_objective(ce: torch.Tensor, t_logits: torch.Tensor, s_logits: list[torch.Tensor], alpha: float,
+                       temperature: float, t_kl: torch.Tensor, step: int) -> torch.Tensor:
+    """CE + α · mean over students of KL(student ‖ teacher), the students' side detached; records the KL in
+    t_kl[step]. At α = 0 the KL is not even computed, so a teacher-only run is bit-for-bit a plain one."""
+    if alpha == 0:
+        return ce
+    reg = torch.stack([kl_div_logits(t_logits, sl.detach(), temperature) for sl in s_logits]).mean()
+    t_kl[step] = reg.detach()
+    return ce + alpha * reg
+
+
+def _finish(trace: Trace, teacher: nn.Module, students: list[nn.Module], per_step, *, alpha: float, steps: int,
+            student_steps: int, final: tuple[str, float], lr: float) -> LoTResult:
+    """Write the per-step series and the run's counts and final imitation KLs into the trace; note a divergence
+    (`final` = (what, value) of the teacher's final test number)."""
+    t_loss, t_ce, t_kl, s_loss, s_kl = per_step
     rng = range(1, steps + 1)
     trace.log_series("teacher_loss", rng, t_loss)
     trace.log_series("teacher_ce", rng, t_ce)
     if alpha > 0:
         trace.log_series("teacher_kl", rng, t_kl)
-    for i in range(len(s_loss)):
+    for i in range(len(students)):
         trace.log_series(f"student_loss/{i}", rng, s_loss[i])
         trace.log_series(f"kl_batch/{i}", rng, s_kl[i])
+        trace.metrics[f"kl_train/{i}"] = trace.last(f"kl_train/{i}")
+        trace.metrics[f"kl_test/{i}"] = trace.last(f"kl_test/{i}")
+    trace.metrics.update(steps=steps, student_steps_total=steps * student_steps * len(students),
+                         compute_steps=steps * (1 + student_steps * len(students)))
+    what, value = final
+    if not math.isfinite(value):
+        trace.note(f"training diverged: teacher {what} is {value}; try a smaller lr (lr={lr})")
+    return LoTResult(teacher.eval(), [s.eval() for s in students], trace)
 
 
 # ---------------------------------------------------------------------------------------------- language
@@ -404,16 +417,16 @@ def _lm_eval(teacher: nn.Module, students: list[nn.Module], stream: torch.Tensor
 def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperature, loss, steps, batch_size, bptt,
             lr, momentum, clip, schedule, size, student_size, seed, eval_every, eval_tokens, probe_tokens,
             progress_bar, method) -> LoTResult:
-    _check_int("steps", steps, 1)
-    _check_int("seed", seed, 0)
-    _check_int("bptt", bptt, 1)
-    _check_int("probe_tokens", probe_tokens, 2 * 10)
+    check_int("steps", steps, 1)
+    check_int("seed", seed, 0)
+    check_int("bptt", bptt, 1)
+    check_int("probe_tokens", probe_tokens, 2 * 10)
     if eval_tokens is not None:
-        _check_int("eval_tokens", eval_tokens, 2 * 10)
+        check_int("eval_tokens", eval_tokens, 2 * 10)
     if not clip > 0:
         raise ValueError(f"clip={clip!r} is not allowed: it must be > 0")
     eval_every = max(steps // 10, 1) if eval_every is None else eval_every
-    _check_int("eval_every", eval_every, 0)
+    check_int("eval_every", eval_every, 0)
     device, vocab = splits.train.device, splits.num_tokens
     seed_everything(seed)
     student_size = {**size, **(student_size or {})}
@@ -482,11 +495,7 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
             s_logits.append(sl)
         flat_y = y.reshape(-1)
         ce = F.cross_entropy(t_logits.reshape(flat_y.numel(), -1), flat_y)
-        objective = ce
-        if alpha > 0:
-            reg = torch.stack([kl_div_logits(t_logits, sl.detach(), temperature) for sl in s_logits]).mean()
-            objective = ce + alpha * reg
-            t_kl[step] = reg.detach()
+        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, t_kl, step)
         step_model(teacher, t_opt, t_sched, objective)
         t_loss[step], t_ce[step] = objective.detach(), ce.detach()
         target = t_logits.detach()
@@ -519,17 +528,10 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
         if eval_every and done % eval_every == 0 and done < steps:
             evaluate_all(done)
     evaluate_all(steps)
-    _log_steps(trace, steps, t_loss, t_ce, t_kl, s_loss, s_kl, alpha)
     full_ppl = _lm_eval(teacher, [], batchify(splits.test, 10), bptt, temperature)[0]
-    trace.metrics.update(test_ppl=full_ppl, steps=steps, tokens_seen=steps * batch_size * bptt,
-                         student_steps_total=steps * student_steps * num_students,
-                         compute_steps=steps * (1 + student_steps * num_students))
-    for i in range(num_students):
-        trace.metrics[f"kl_train/{i}"] = trace.last(f"kl_train/{i}")
-        trace.metrics[f"kl_test/{i}"] = trace.last(f"kl_test/{i}")
-    if not math.isfinite(full_ppl):
-        trace.note(f"training diverged: teacher test perplexity is {full_ppl}; try a smaller lr (lr={lr})")
-    return LoTResult(teacher.eval(), [s.eval() for s in students], trace)
+    trace.metrics.update(test_ppl=full_ppl, tokens_seen=steps * batch_size * bptt)
+    return _finish(trace, teacher, students, (t_loss, t_ce, t_kl, s_loss, s_kl), alpha=alpha, steps=steps,
+                   student_steps=student_steps, final=("test perplexity", full_ppl), lr=lr)
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -5,6 +5,7 @@ there is no DataLoader, and the per-step loss stays on the device until the run 
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split, Splits, _check_int, augment_batch, batches, resolve_device
+from .data import Split, Splits, check_int, augment_batch, batches, resolve_device
 from .trace import Trace, atomic_write_bytes
 
 SCHEDULES = ("constant", "cosine", "step")
@@ -24,7 +25,7 @@ CHECKPOINT_FILE = "fit-checkpoint.pt"
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so that a run is a pure function of its seed."""
-    _check_int("seed", seed, 0)
+    check_int("seed", seed, 0)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -91,14 +92,14 @@ def fit(model: nn.Module, splits: Splits, *, steps: int, batch_size: int = 128, 
     checkpoint_dir: save model, optimizer and trace every `checkpoint_every` steps, and resume from there.
     The Trace has scalars "loss" (every step), "dev_loss" and "dev_acc", "lr"; metrics test_acc, test_loss, dev_acc.
     """
-    _check_int("steps", steps, 1)
-    _check_int("batch_size", batch_size, 1, len(splits.train))
-    _check_int("seed", seed, 0)
+    check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 1, len(splits.train))
+    check_int("seed", seed, 0)
     if lr <= 0:
         raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
     if eval_every is None:
         eval_every = max(steps // 10, 1)
-    _check_int("eval_every", eval_every, 0)
+    check_int("eval_every", eval_every, 0)
     device = splits.device
     model.to(device).train()
     loss_fn = loss_fn or F.cross_entropy
@@ -165,8 +166,6 @@ def _log_dev(trace: Trace, model: nn.Module, splits: Splits, step: int, record_c
 
 
 def _save_checkpoint(path: Path, model, optimizer, scheduler, trace: Trace, losses: torch.Tensor, step: int) -> None:
-    import io
-
     state = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                  losses=losses[:step].cpu(), step=step, config=trace.config,
                  trace=dict(config=trace.config, scalars=trace.scalars, arrays=trace.arrays,
