@@ -3,10 +3,12 @@
 For K = 10, 50, 200 (default) and the modes of `labkit.meta.sgd_meta_grad` ("unroll", "snapshot", and
 "snap+act" = snapshot with keep_activations=True, which keeps each step's forward graph instead of recomputing it):
 - time: one teacher update (K differentiable or snapshotted steps + the dev surrogate + the reverse sweep),
-  as a ratio to K plain `torch.optim.SGD` cross-entropy steps of the same student on the same batches;
+  as a ratio to K plain `torch.optim.SGD` cross-entropy steps of the same student on the same batches: medians
+  of --repeats interleaved rounds after one warm-up, timed without the memory hooks below (their Python calls
+  would inflate the update's time);
 - memory: the peak bytes of tensors that autograd keeps for backward, measured live with
   `torch.autograd.graph.saved_tensors_hooks` (a storage counted once while any saved reference to it lives),
-  plus, for "snapshot", the K stored weight vectors w_t (K·P·4 bytes, counted exactly). tracemalloc does not
+  plus, for "snapshot", the K stored weight vectors w_t (K·P·4 bytes, counted exactly), in one separate run. tracemalloc does not
   see torch's CPU allocations, so it is not used. On CUDA, torch.cuda.max_memory_allocated is printed too.
 
 Run: python benchmarks/bench_rmd.py [--ks 10 50 200] [--model mlp] [--batch 64] [--device cpu]
@@ -16,6 +18,7 @@ On a shared CPU the times are inflated by other processes; the ratios are what t
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import weakref
 
@@ -75,7 +78,7 @@ def main() -> None:
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--dev", type=int, default=1000, help="dev examples in the surrogate")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9, help="interleaved timing rounds (medians)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -94,9 +97,16 @@ def main() -> None:
     for K in args.ks:
         batches = [(torch.randn(args.batch, *shape, device=device), torch.randint(0, C, (args.batch,), device=device))
                    for _ in range(K)]
-        # baseline: K plain SGD (momentum) cross-entropy steps
-        base = float("inf")
-        for _ in range(args.repeats):
+        states = [torch.rand(4 + C, device=device) for _ in range(K)]
+
+        def loss_fn(logits, y, k):
+            phi, b, _ = teacher(states[k])
+            return dlf.dlf_loss(logits, y, phi, b)
+
+        def dev_fn(w):
+            return dlf.smooth_error(functional_call(net, w, (dev_x,)), dev_y)
+
+        def plain_sgd():  # the baseline: K plain SGD (momentum) cross-entropy steps, as a training loop runs them
             model = build(args.model, shape, C, seed=0, device=device)
             opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
             _sync(device)
@@ -107,34 +117,41 @@ def main() -> None:
                 loss.backward()
                 opt.step()
             _sync(device)
-            base = min(base, time.perf_counter() - t0)
-        states = [torch.rand(4 + C, device=device) for _ in range(K)]
+            return time.perf_counter() - t0
 
-        def loss_fn(logits, y, k):
-            phi, b, _ = teacher(states[k])
-            return dlf.dlf_loss(logits, y, phi, b)
+        def update(mode, keep):
+            meta.sgd_meta_grad(net, meta.params_of(net, requires_grad=False), batches, loss_fn, theta, dev_fn,
+                               lr=0.05, momentum=0.9, mode=mode, keep_activations=keep)
 
-        def dev_fn(w):
-            return dlf.smooth_error(functional_call(net, w, (dev_x,)), dev_y)
+        def timed(fn, *a):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn(*a)
+            _sync(device)
+            return time.perf_counter() - t0
 
-        for mode, keep in (("unroll", False), ("snapshot", False), ("snapshot", True)):
-            best, peak = float("inf"), 0
-            for _ in range(args.repeats):
-                w0 = meta.params_of(net, requires_grad=False)
-                live = _Live()
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                _sync(device)
-                t0 = time.perf_counter()
-                with torch.autograd.graph.saved_tensors_hooks(live.pack, live.unpack):
-                    meta.sgd_meta_grad(net, w0, batches, loss_fn, theta, dev_fn, lr=0.05, momentum=0.9, mode=mode,
-                                       keep_activations=keep)
-                _sync(device)
-                best, peak = min(best, time.perf_counter() - t0), max(peak, live.peak)
+        modes = (("unroll", False), ("snapshot", False), ("snapshot", True))
+        # interleaved rounds (baseline, then each mode), timed without the memory hooks (their Python calls cost
+        # time); medians over the rounds, so that a slow spell of a shared machine hits all of them alike
+        times: dict = {"base": []} | {m: [] for m in modes}
+        plain_sgd(), [update(*m) for m in modes]  # warm-up: first-call allocations are not a step's cost
+        for _ in range(args.repeats):
+            times["base"].append(plain_sgd())
+            for m in modes:
+                times[m].append(timed(update, *m))
+        base = statistics.median(times["base"])
+        for mode, keep in modes:
+            median = statistics.median(times[(mode, keep)])
+            live = _Live()  # one more, untimed run measures the memory
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            with torch.autograd.graph.saved_tensors_hooks(live.pack, live.unpack):
+                update(mode, keep)
+            peak = live.peak
             snap = K * P * 4 if mode == "snapshot" else 0
             extra = f"  cuda max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MB" if device.type == "cuda" else ""
             label = "snap+act" if keep else mode
-            print(f"{K:>5} {base:>14.3f} {label:>9} {best:>9.3f} {best / base:>6.2f} {peak / 2**20:>9.1f} "
+            print(f"{K:>5} {base:>14.3f} {label:>9} {median:>9.3f} {median / base:>6.2f} {peak / 2**20:>9.1f} "
                   f"{snap / 2**20:>8.1f} {(peak + snap) / 2**20:>9.1f}{extra}", flush=True)
 
 

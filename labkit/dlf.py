@@ -139,10 +139,11 @@ class DLFTeacher(nn.Module):
     M_k is the loss of phase k and Φ_t interpolates between phases. Unlike the learned attention (whose
     matrices get near-identical gradients while they are near-identical, and so stay alike), every window
     updates the matrices of its own phase: Φ_t can become phase-dependent.
+    init_noise: None = 0.01 for the learned attention (to break the bank's symmetry), 0 for static and progress.
     """
 
     def __init__(self, num_classes: int, state_dim: int, *, bank: int = 4, hidden: int = 32, bias: bool = True,
-                 static: bool = False, init_noise: float = 0.01, init_scale: float = 1.0, seed: int = 0,
+                 static: bool = False, init_noise: float | None = None, init_scale: float = 1.0, seed: int = 0,
                  gate: str = "state"):
         super().__init__()
         if gate not in GATES:
@@ -156,6 +157,11 @@ class DLFTeacher(nn.Module):
         if not init_scale > 0:
             raise ValueError(f"init_scale={init_scale!r} is not allowed: it must be > 0")
         # Φ_0 = c·I: σ(c log p_y) has slope c·σ'(c log p_y) in log p_y, → c/4 for a confident example (CE: 1)
+        if init_noise is None:
+            # noise breaks the symmetry of a bank read by learned attention; elsewhere it only hurts: a negative
+            # off-diagonal entry rewards pushing p_j -> 0 without bound (Φ frozen at 4·I + 0.01 noise: MNIST MLP
+            # test error 2.71 % against 1.73 % at 4·I, seed 0, 8000 steps)
+            init_noise = 0.01 if not (static or gate == "progress") else 0.0
         eye = init_scale * torch.eye(num_classes).expand(bank, num_classes, num_classes)
         noise = init_noise * torch.randn(bank, num_classes, num_classes, generator=generator)
         self.bank = nn.Parameter(eye + (noise if bank > 1 else 0 * noise))  # [M, C, C]

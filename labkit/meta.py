@@ -102,45 +102,50 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
         return (grads, {n: p.detach() for n, p in w_k.items()}, {n: v.detach() for n, v in v_k.items()},
                 dev.item(), losses)
 
-    # snapshot mode: forward without a graph, keeping w_t (detach() shares storage: no copy; nothing is
-    # ever written in place, so the stored tensors stay the weights of their step)
-    w = {n: p.detach() for n, p in params.items()}
-    v = ({n: t.detach() for n, t in velocity.items()} if velocity is not None
-         else {n: torch.zeros_like(p) for n, p in w.items()})
-    snapshots: list[Params] = []
-    kept: list[tuple[torch.Tensor, Params] | None] = []  # (loss_k, w_k leaf) with its forward graph
+    # snapshot mode: forward without a graph, keeping w_t. w_t is never written in place (each snapshot is the
+    # step's own tensors, no copy); v is our own copy, updated in place (the reverse sweep does not read v_t)
+    w_t = [params[n].detach() for n in names]
+    v = ([velocity[n].detach().clone() for n in names] if velocity is not None
+         else [torch.zeros_like(p) for p in w_t])
+    snapshots: list[list[torch.Tensor] | None] = []
+    kept: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = []  # (loss_k, w_k leaves) with its forward graph
     losses = []
     for k, (x, y) in enumerate(batches):
-        snapshots.append(w)
-        w_req = {n: p.detach().requires_grad_() for n, p in w.items()}
-        loss = loss_fn(functional_call(model, w_req, (x,)), y, k)
-        grads = torch.autograd.grad(loss, [w_req[n] for n in names], retain_graph=keep_activations)
-        kept.append((loss, w_req) if keep_activations else None)
+        snapshots.append(w_t)
+        inputs = [p.detach().requires_grad_() for p in w_t]
+        loss = loss_fn(functional_call(model, dict(zip(names, inputs)), (x,)), y, k)
+        grads = torch.autograd.grad(loss, inputs, retain_graph=keep_activations)
+        kept.append((loss, inputs) if keep_activations else None)
         with torch.no_grad():
-            v = {n: momentum * v[n] + g for n, g in zip(names, grads)}
-            w = {n: w[n] - lr * v[n] for n in names}
-        losses.append(loss.item())
-    w_final = {n: p.detach().requires_grad_() for n, p in w.items()}
-    dev = dev_fn(w_final)
-    w_bar = _flat_grads(dev, [w_final[n] for n in names])
-    v_bar = [torch.zeros_like(g) for g in w_bar]  # D does not read v_K
+            torch._foreach_mul_(v, momentum)
+            torch._foreach_add_(v, grads)
+            w_t = torch._foreach_add(w_t, v, alpha=-lr)
+        losses.append(loss.detach())
+    w_final = [p.detach().requires_grad_() for p in w_t]
+    dev = dev_fn(dict(zip(names, w_final)))
+    w_bar = _flat_grads(dev, w_final)
     theta_bar = [torch.zeros_like(t) for t in meta_params]
+    g_bar: list[torch.Tensor] = []
     for k in range(len(batches) - 1, -1, -1):
         x, y = batches[k]
-        g_bar = [vb - lr * wb for vb, wb in zip(v_bar, w_bar)]  # adjoint of ∇_w L_k
+        with torch.no_grad():  # ḡ_k = v̄_{k+1} − lr w̄_{k+1}, the adjoint of ∇_w L_k, with v̄_{k+1} = μ ḡ_{k+1}, v̄_K = 0
+            if g_bar:
+                torch._foreach_mul_(g_bar, momentum)
+                torch._foreach_add_(g_bar, w_bar, alpha=-lr)
+            else:
+                g_bar = torch._foreach_mul(w_bar, -lr)
         if kept[k] is not None:  # the forward graph of step k is still there: no recomputation
-            loss, w_req = kept[k]
+            loss, inputs = kept[k]
             kept[k] = None
         else:
-            w_req = {n: snapshots[k][n].detach().requires_grad_() for n in names}
-            loss = loss_fn(functional_call(model, w_req, (x,)), y, k)
-        inputs = [w_req[n] for n in names]
+            inputs = [p.detach().requires_grad_() for p in snapshots[k]]
+            loss = loss_fn(functional_call(model, dict(zip(names, inputs)), (x,)), y, k)
         grads = torch.autograd.grad(loss, inputs, create_graph=True)
-        dot = sum((g * gb).sum() for g, gb in zip(grads, g_bar))
-        back = _flat_grads(dot, inputs + list(meta_params))
+        # one vector-Jacobian product of ∇_w L_k with ḡ gives both ∂(∇_w L_k · ḡ)/∂w_k and ∂(∇_w L_k · ḡ)/∂θ
+        back = _flat_grads(grads, inputs + list(meta_params), grad_outputs=g_bar)
         with torch.no_grad():
-            w_bar = [wb + h for wb, h in zip(w_bar, back[:len(names)])]
-            theta_bar = [tb + h for tb, h in zip(theta_bar, back[len(names):])]
-            v_bar = [momentum * gb for gb in g_bar]
+            torch._foreach_add_(w_bar, back[:len(names)])
+            torch._foreach_add_(theta_bar, back[len(names):])
         snapshots[k] = None  # free as we go
-    return theta_bar, {n: p.detach() for n, p in w.items()}, v, dev.item(), losses
+    return (theta_bar, dict(zip(names, w_t)), dict(zip(names, v)), dev.item(),
+            torch.stack(losses).tolist() if losses else [])

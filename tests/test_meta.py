@@ -123,3 +123,16 @@ def test_keep_activations_gives_the_same_numbers():
     for n in a[1]:
         torch.testing.assert_close(a[1][n], b[1][n], rtol=0, atol=0)
     assert a[3] == b[3]
+
+
+@pytest.mark.parametrize("mode", meta.META_MODES)
+def test_inputs_are_left_untouched(mode):
+    """The caller's weights and velocity are not written (snapshot mode updates its own copy of v in place)."""
+    model, params, velocity, batches, theta, make, dev_fn = _problem(0.9, K=3, seed=3)
+    theta = [t.clone().requires_grad_() for t in theta]
+    before = ({n: p.clone() for n, p in params.items()}, {n: v.clone() for n, v in velocity.items()})
+    _, w_k, v_k, _, _ = meta.sgd_meta_grad(model, params, batches, make(theta), theta, dev_fn, lr=0.3,
+                                           momentum=0.9, velocity=velocity, mode=mode)
+    for n in params:
+        assert torch.equal(params[n], before[0][n]) and torch.equal(velocity[n], before[1][n])
+        assert not torch.equal(w_k[n], params[n]) and not torch.equal(v_k[n], velocity[n])
