@@ -21,6 +21,7 @@ import argparse
 import statistics
 import time
 import weakref
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,15 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _timed(device, fn, *args) -> float:
+    """Seconds that fn(*args) takes, the device's queued work included."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn(*args)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ks", type=int, nargs="+", default=[10, 50, 200])
@@ -106,37 +116,30 @@ def main() -> None:
         def dev_fn(w):
             return dlf.smooth_error(functional_call(net, w, (dev_x,)), dev_y)
 
+        model = build(args.model, shape, C, seed=0, device=device)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
         def plain_sgd():  # the baseline: K plain SGD (momentum) cross-entropy steps, as a training loop runs them
-            model = build(args.model, shape, C, seed=0, device=device)
-            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            _sync(device)
-            t0 = time.perf_counter()
             for x, y in batches:
                 loss = F.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            _sync(device)
-            return time.perf_counter() - t0
 
         def update(mode, keep):
             meta.sgd_meta_grad(net, meta.params_of(net, requires_grad=False), batches, loss_fn, theta, dev_fn,
                                lr=0.05, momentum=0.9, mode=mode, keep_activations=keep)
 
-        def timed(fn, *a):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn(*a)
-            _sync(device)
-            return time.perf_counter() - t0
-
         modes = (("unroll", False), ("snapshot", False), ("snapshot", True))
         # interleaved rounds (baseline, then each mode), timed without the memory hooks (their Python calls cost
         # time); medians over the rounds, so that a slow spell of a shared machine hits all of them alike
         times: dict = {"base": []} | {m: [] for m in modes}
-        plain_sgd(), [update(*m) for m in modes]  # warm-up: first-call allocations are not a step's cost
+        timed = partial(_timed, device)
+        plain_sgd()  # warm-up: first-call allocations (the momentum buffers, ...) are not a step's cost
+        for m in modes:
+            update(*m)
         for _ in range(args.repeats):
-            times["base"].append(plain_sgd())
+            times["base"].append(timed(plain_sgd))
             for m in modes:
                 times[m].append(timed(update, *m))
         base = statistics.median(times["base"])

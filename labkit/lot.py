@@ -135,6 +135,32 @@ def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, nest
                            nesterov=nesterov and momentum > 0)
 
 
+def _sgd_step(model: nn.Module, opt, sched, objective: torch.Tensor, clip: float | None = None) -> None:
+    """One optimiser step on `objective` (gradient norm clipped to `clip` if given), then one schedule step."""
+    opt.zero_grad(set_to_none=True)
+    objective.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    sched.step()
+
+
+class _PerStep:
+    """What a run records at every teacher step, kept on the device until the run ends (no sync per step):
+    the teacher's objective, CE and imitability KL [steps]; each student's objective and imitation KL
+    [num_students, steps], averaged over its N steps within that teacher step."""
+
+    def __init__(self, steps: int, num_students: int, student_steps: int, device: torch.device):
+        self.t_loss, self.t_ce, self.t_kl = (torch.zeros(steps, device=device) for _ in range(3))
+        self.s_loss = torch.zeros(num_students, steps, device=device)
+        self.s_kl = torch.zeros(num_students, steps, device=device)
+        self.student_steps = student_steps
+
+    def student(self, i: int, step: int, objective: torch.Tensor, kl: torch.Tensor) -> None:
+        self.s_loss[i, step] += objective.detach() / self.student_steps
+        self.s_kl[i, step] += kl.detach() / self.student_steps
+
+
 def _student_objective(s_logits, t_logits, y_loss, loss: str, weight: float, temperature: float):
     """(loss to minimise, its KL part) for one student step; t_logits is already detached."""
     kl = kl_div_logits(s_logits, t_logits, temperature)
@@ -231,9 +257,7 @@ def _run_vision(splits, model, student_model, num_students, alpha, student_alpha
                               batch_size=batch_size, lr=lr, student_lr=student_lr, momentum=momentum,
                               weight_decay=weight_decay, nesterov=nesterov, schedule=schedule, seed=seed,
                               probe_size=probe_size, device=str(device)))
-    t_loss, t_ce, t_kl = (torch.zeros(steps, device=device) for _ in range(3))
-    s_loss = torch.zeros(num_students, steps, device=device)
-    s_kl = torch.zeros(num_students, steps, device=device)
+    record = _PerStep(steps, num_students, student_steps, device)
 
     def evaluate_all(step: int) -> None:
         test = evaluate(teacher, splits.test)
@@ -257,21 +281,14 @@ def _run_vision(splits, model, student_model, num_students, alpha, student_alpha
             with slot:
                 s_logits.append(s(x))
         ce = F.cross_entropy(t_logits, y)
-        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, t_kl, step)
-        t_opt.zero_grad(set_to_none=True)
-        objective.backward()
-        t_opt.step()
-        t_sched.step()
-        t_loss[step], t_ce[step] = objective.detach(), ce.detach()
+        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, record.t_kl, step)
+        _sgd_step(teacher, t_opt, t_sched, objective)
+        record.t_loss[step], record.t_ce[step] = objective.detach(), ce.detach()
         target = t_logits.detach()
         for i, (s, opt, sched, sl) in enumerate(zip(students, s_opts, s_scheds, s_logits)):
             obj, kl = _student_objective(sl, target, F.cross_entropy(sl, y), loss, student_alpha, temperature)
-            opt.zero_grad(set_to_none=True)
-            obj.backward()
-            opt.step()
-            sched.step()
-            s_loss[i, step] += obj.detach() / student_steps
-            s_kl[i, step] += kl.detach() / student_steps
+            _sgd_step(s, opt, sched, obj)
+            record.student(i, step, obj, kl)
         # --- N - 1 student-only steps per student, on its own shuffled stream; teacher targets in eval mode
         if student_steps > 1 and students:
             teacher.eval()
@@ -288,12 +305,8 @@ def _run_vision(splits, model, student_model, num_students, alpha, student_alpha
                         sl = s(xs)
                     obj, kl = _student_objective(sl, target, F.cross_entropy(sl, ys), loss, student_alpha,
                                                  temperature)
-                    opt.zero_grad(set_to_none=True)
-                    obj.backward()
-                    opt.step()
-                    sched.step()
-                    s_loss[i, step] += obj.detach() / student_steps
-                    s_kl[i, step] += kl.detach() / student_steps
+                    _sgd_step(s, opt, sched, obj)
+                    record.student(i, step, obj, kl)
             teacher.train()
         done = step + 1
         if eval_every and done % eval_every == 0 and done < steps:
@@ -303,7 +316,7 @@ def _run_vision(splits, model, student_model, num_students, alpha, student_alpha
     trace.metrics.update(test_acc=test["acc"], test_loss=test["loss"])
     for i, s in enumerate(students):
         trace.metrics[f"student_test_acc/{i}"] = evaluate(s, splits.test)["acc"]
-    return _finish(trace, teacher, students, (t_loss, t_ce, t_kl, s_loss, s_kl), alpha=alpha, steps=steps,
+    return _finish(trace, teacher, students, record, alpha=alpha, steps=steps,
                    student_steps=student_steps, final=("test loss", test["loss"]), lr=lr)
 
 
@@ -318,19 +331,18 @@ def _teacher_objective(ce: torch.Tensor, t_logits: torch.Tensor, s_logits: list[
     return ce + alpha * reg
 
 
-def _finish(trace: Trace, teacher: nn.Module, students: list[nn.Module], per_step, *, alpha: float, steps: int,
+def _finish(trace: Trace, teacher: nn.Module, students: list[nn.Module], record: _PerStep, *, alpha: float, steps: int,
             student_steps: int, final: tuple[str, float], lr: float) -> LoTResult:
     """Write the per-step series and the run's counts and final imitation KLs into the trace; note a divergence
     (`final` = (what, value) of the teacher's final test number)."""
-    t_loss, t_ce, t_kl, s_loss, s_kl = per_step
     rng = range(1, steps + 1)
-    trace.log_series("teacher_loss", rng, t_loss)
-    trace.log_series("teacher_ce", rng, t_ce)
+    trace.log_series("teacher_loss", rng, record.t_loss)
+    trace.log_series("teacher_ce", rng, record.t_ce)
     if alpha > 0:
-        trace.log_series("teacher_kl", rng, t_kl)
+        trace.log_series("teacher_kl", rng, record.t_kl)
     for i in range(len(students)):
-        trace.log_series(f"student_loss/{i}", rng, s_loss[i])
-        trace.log_series(f"kl_batch/{i}", rng, s_kl[i])
+        trace.log_series(f"student_loss/{i}", rng, record.s_loss[i])
+        trace.log_series(f"kl_batch/{i}", rng, record.s_kl[i])
         trace.metrics[f"kl_train/{i}"] = trace.last(f"kl_train/{i}")
         trace.metrics[f"kl_test/{i}"] = trace.last(f"kl_test/{i}")
     trace.metrics.update(steps=steps, student_steps_total=steps * student_steps * len(students),
@@ -455,9 +467,7 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
                               loss=loss, steps=steps, batch_size=batch_size, bptt=bptt, lr=lr, momentum=momentum,
                               clip=clip, schedule=schedule, seed=seed, eval_tokens=eval_tokens,
                               probe_tokens=probe_tokens, device=str(device)))
-    t_loss, t_ce, t_kl = (torch.zeros(steps, device=device) for _ in range(3))
-    s_loss = torch.zeros(num_students, steps, device=device)
-    s_kl = torch.zeros(num_students, steps, device=device)
+    record = _PerStep(steps, num_students, student_steps, device)
 
     def evaluate_all(step: int) -> None:
         ppl, kl_test = _lm_eval(teacher, students, probe_test if eval_tokens == probe_tokens else test_eval, bptt,
@@ -474,13 +484,6 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
     t_own_states = [None] * num_students                        # the teacher's eval-mode targets on those walks
     own_k = [int(o) for o in offsets[:num_students]]
 
-    def step_model(model, opt, sched, objective):
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
-        sched.step()
-
     if eval_every:
         evaluate_all(0)
     for step in progress(range(steps), total=steps, desc=method, enabled=progress_bar):
@@ -495,16 +498,15 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
             s_logits.append(sl)
         flat_y = y.reshape(-1)
         ce = F.cross_entropy(t_logits.reshape(flat_y.numel(), -1), flat_y)
-        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, t_kl, step)
-        step_model(teacher, t_opt, t_sched, objective)
-        t_loss[step], t_ce[step] = objective.detach(), ce.detach()
+        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, record.t_kl, step)
+        _sgd_step(teacher, t_opt, t_sched, objective, clip)
+        record.t_loss[step], record.t_ce[step] = objective.detach(), ce.detach()
         target = t_logits.detach()
         for i, (s, opt, sched, sl) in enumerate(zip(students, s_opts, s_scheds, s_logits)):
             obj, kl = _student_objective(sl, target, F.cross_entropy(sl.reshape(flat_y.numel(), -1), flat_y), loss,
                                          student_alpha, temperature)
-            step_model(s, opt, sched, obj)
-            s_loss[i, step] += obj.detach() / student_steps
-            s_kl[i, step] += kl.detach() / student_steps
+            _sgd_step(s, opt, sched, obj, clip)
+            record.student(i, step, obj, kl)
         if student_steps > 1 and students:
             teacher.eval()
             for i, (s, opt, sched, slot) in enumerate(zip(students, s_opts, s_scheds, slots)):
@@ -520,9 +522,8 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
                     flat = ys.reshape(-1)
                     obj, kl = _student_objective(sl, target, F.cross_entropy(sl.reshape(flat.numel(), -1), flat),
                                                  loss, student_alpha, temperature)
-                    step_model(s, opt, sched, obj)
-                    s_loss[i, step] += obj.detach() / student_steps
-                    s_kl[i, step] += kl.detach() / student_steps
+                    _sgd_step(s, opt, sched, obj, clip)
+                    record.student(i, step, obj, kl)
             teacher.train()
         done = step + 1
         if eval_every and done % eval_every == 0 and done < steps:
@@ -530,7 +531,7 @@ def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperatu
     evaluate_all(steps)
     full_ppl = _lm_eval(teacher, [], batchify(splits.test, 10), bptt, temperature)[0]
     trace.metrics.update(test_ppl=full_ppl, tokens_seen=steps * batch_size * bptt)
-    return _finish(trace, teacher, students, (t_loss, t_ce, t_kl, s_loss, s_kl), alpha=alpha, steps=steps,
+    return _finish(trace, teacher, students, record, alpha=alpha, steps=steps,
                    student_steps=student_steps, final=("test perplexity", full_ppl), lr=lr)
 
 

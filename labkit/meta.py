@@ -42,8 +42,8 @@ def unroll_sgd(model: nn.Module, params: Params, batches: Iterable[tuple[torch.T
         if not create_graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
             velocity = {n: v.detach() for n, v in velocity.items()}
-        losses.append(loss.item())
-    return params, velocity, losses
+        losses.append(loss.detach())  # no .item() per step: that would wait for the device at every step
+    return params, velocity, torch.stack(losses).tolist() if losses else []
 
 
 # ---------------------------------------------------------------- exact meta-gradients through K SGD steps
@@ -120,7 +120,7 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
             torch._foreach_mul_(v, momentum)
             torch._foreach_add_(v, grads)
             w_t = torch._foreach_add(w_t, v, alpha=-lr)
-        losses.append(loss.detach())
+        losses.append(loss.detach())  # as in unroll_sgd: read once at the end
     w_final = [p.detach().requires_grad_() for p in w_t]
     dev = dev_fn(dict(zip(names, w_final)))
     w_bar = _flat_grads(dev, w_final)
