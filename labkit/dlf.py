@@ -477,23 +477,30 @@ def compare(teacher: DLFTeacher, splits: Splits, seeds: list[int], *, with_ce: b
     return out
 
 
-def lr_sweep(splits: Splits, lrs: list[float], *, teacher: DLFTeacher | None = None, seed: int = 0,
-             **kwargs) -> dict[float, float]:
-    """Dev accuracy (the whole dev split, never test) of one student per learning rate: CE (teacher None) or
-    the loss of a frozen `teacher` (e.g. `untrained_teacher`, "fixed Φ_0"). kwargs: deploy's (train_ce's for CE;
-    alpha and refresh_every are dropped there). Give every method the same number of rates: equal tuning."""
+def lr_sweep(splits: Splits, lrs: list[float], *, teacher: DLFTeacher | None = None,
+             seeds: list[int] | tuple[int, ...] = (0,), **kwargs) -> dict[float, float]:
+    """Mean dev accuracy (the whole dev split, never test) over one student per seed, for every learning rate:
+    CE (teacher None) or the loss of a frozen `teacher` (e.g. `untrained_teacher`, "fixed Φ_0"). kwargs: deploy's
+    (train_ce's for CE; alpha and refresh_every are dropped there). Give every method the same rates and seeds:
+    equal tuning. Tune on seeds that are not the reported ones, and on several: one student's dev accuracy
+    moves by ±0.1 points from seed to seed (MNIST MLP), as much as the gaps between neighbouring rates."""
     if not lrs:
         raise ValueError(f"lrs={lrs!r} is not allowed: give at least one learning rate")
+    if not seeds:
+        raise ValueError(f"seeds={seeds!r} is not allowed: give at least one seed")
     out = {}
     for lr in lrs:
-        kw = dict(kwargs, lr=lr, seed=seed, record=False, eval_every=0, progress_bar=False)
-        if teacher is None:
-            for k in ("alpha", "refresh_every"):
-                kw.pop(k, None)
-            trace = train_ce(splits, **kw)
-        else:
-            trace = deploy(teacher, splits, **kw)
-        out[float(lr)] = float(trace.metrics["dev_acc"])
+        accs = []
+        for seed in seeds:
+            kw = dict(kwargs, lr=lr, seed=seed, record=False, eval_every=0, progress_bar=False)
+            if teacher is None:
+                for k in ("alpha", "refresh_every"):
+                    kw.pop(k, None)
+                trace = train_ce(splits, **kw)
+            else:
+                trace = deploy(teacher, splits, **kw)
+            accs.append(float(trace.metrics["dev_acc"]))
+        out[float(lr)] = float(np.mean(accs))
     return out
 
 
@@ -584,7 +591,7 @@ def _student(model: str, *, hidden=(500,), batch_size=64, lr=0.05, momentum=0.9,
 
 PRESETS: dict[str, dict] = {
     # CI: a tiny MLP on 2 000 MNIST images; checks that everything runs, proves nothing
-    "smoke": dict(dataset="mnist", load=dict(dev_size=300, train_size=2000), seeds=[0, 1, 2],
+    "smoke": dict(dataset="mnist", load=dict(dev_size=300, train_size=2000), seeds=[0, 1, 2], tune_seeds=[100],
                   students={"mlp": _student("mlp", hidden=(32,), pretrain_steps=20, steps=40, window=10, updates=4,
                                             dev_size=200, eval_every=20, alpha=0.5, init_scale=4.0,
                                             pretrain_lr=0.05, lr=0.02, ce_lr=0.02, teacher_lr=0.01,
@@ -593,24 +600,25 @@ PRESETS: dict[str, dict] = {
                   note="smoke: MLP 784-32-10 on 2k images, 4 teacher updates of K = 10; for CI only"),
     # the teaching default: the MNIST MLP 784-500-10 (headline), then the demo's LeNet, reduced. As the demo:
     # CE pre-training (shared by every method), --combine_loss α = 0.5, plain SGD lr 0.01 on the teacher;
-    # Φ_0 = 4·I (slope up to 1, as CE's, on confident examples); one learned Φ (the demo without --dynamic: the
-    # only teacher family whose updates helped on dev, 3 of 3 seeds; static=False in the notebook: progress gate);
-    # the student lrs after pre-training tuned on dev, 6 rates per method (see the notebook)
-    "cpu": dict(dataset="mnist", load=dict(dev_size=5000), seeds=[0, 1, 2],
-                students={"mlp": _student("mlp", pretrain_steps=1000, pretrain_lr=0.05, steps=1500, lr=0.01,
-                                          ce_lr=0.005, alpha=0.5, init_scale=4.0, window=25, updates=60,
+    # Φ_0 = 4·I (slope up to 1, as CE's, on confident examples); one learned Φ (the demo without --dynamic; tied
+    # first on dev among the teacher families tried, see the notebook; static=False in the notebook: progress gate);
+    # the student lrs after pre-training tuned on dev, 6 rates per method, mean dev accuracy over the 5 tune_seeds
+    # (not the reported seeds; see the notebook)
+    "cpu": dict(dataset="mnist", load=dict(dev_size=5000), seeds=[0, 1, 2], tune_seeds=[100, 101, 102, 103, 104],
+                students={"mlp": _student("mlp", pretrain_steps=1000, pretrain_lr=0.05, steps=1500, lr=0.02,
+                                          ce_lr=0.01, alpha=0.5, init_scale=4.0, window=25, updates=60,
                                           teacher_lr=0.01, teacher_optimizer="sgd", static=True,
                                           gate="progress", keep_activations=True,
                                           lr_grid=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2],
                                           ce_lr_grid=[0.0025, 0.005, 0.01, 0.02, 0.05, 0.1]),
-                          "lenet": _student("lenet", pretrain_steps=300, pretrain_lr=0.05, steps=300, lr=0.01,
-                                            ce_lr=0.005, alpha=0.5, init_scale=4.0, window=20, updates=15,
+                          "lenet": _student("lenet", pretrain_steps=300, pretrain_lr=0.05, steps=300, lr=0.02,
+                                            ce_lr=0.01, alpha=0.5, init_scale=4.0, window=20, updates=15,
                                             teacher_lr=0.01, teacher_optimizer="sgd", static=True,
                                             gate="progress", keep_activations=True, eval_every=150)},
                 note="cpu: MNIST MLP 784-500-10 (1000 CE pre-training steps, then 1500 steps; K = 25 windows, "
                      "truncated as in the demo; dev-tuned lrs), then LeNet, reduced, with the MLP's settings"),
     # the paper's setting on a GPU: CIFAR-10 ResNets (needs the CIFAR-10 files under LABKIT_DATA)
-    "paper": dict(dataset="cifar10", load=dict(dev_size=5000), seeds=[0, 1, 2, 3, 4],
+    "paper": dict(dataset="cifar10", load=dict(dev_size=5000), seeds=[0, 1, 2, 3, 4], tune_seeds=[100, 101, 102],
                   students={m: _student(m, batch_size=128, lr=0.1, pretrain_steps=1000, steps=64_000, window=50,
                                         updates=400, teacher_lr=0.001, dev_size=2000, eval_every=2000)
                             for m in ("resnet8", "resnet20", "resnet32")},

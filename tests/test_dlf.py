@@ -305,15 +305,20 @@ def test_lr_sweep_and_compare_with_own_ce_lr():
     splits = _splits()
     kw = dict(SMALL, steps=6, pretrain_steps=2, refresh_every=3, alpha=0.5)
     kw.pop("lr")
-    ce = dlf.lr_sweep(splits, [0.05, 0.2], seed=0, **kw)
-    fixed = dlf.lr_sweep(splits, [0.05, 0.2], teacher=dlf.untrained_teacher(splits, init_scale=2.0), seed=0, **kw)
+    ce = dlf.lr_sweep(splits, [0.05, 0.2], seeds=[0, 1], **kw)
+    fixed = dlf.lr_sweep(splits, [0.05, 0.2], teacher=dlf.untrained_teacher(splits, init_scale=2.0), **kw)
     assert set(ce) == set(fixed) == {0.05, 0.2} and all(0 <= v <= 1 for v in [*ce.values(), *fixed.values()])
+    # several seeds: the mean of the one-seed sweeps
+    one_seed = [dlf.lr_sweep(splits, [0.05], seeds=[s], **kw)[0.05] for s in (0, 1)]
+    assert ce[0.05] == pytest.approx(np.mean(one_seed))
     res = dlf.compare(dlf.untrained_teacher(splits), splits, [0], ce_lr=0.2, lr=0.05, eval_every=0,
                       progress_bar=False, **{k: v for k, v in kw.items()})
     assert res["ce_traces"][0].config["lr"] == 0.2 and res["dlf_traces"][0].config["lr"] == 0.05
     assert res["dlf_traces"][0].config["alpha"] == 0.5 and "alpha" not in res["ce_traces"][0].config
     with pytest.raises(ValueError, match="lrs"):
         dlf.lr_sweep(splits, [], **kw)
+    with pytest.raises(ValueError, match="seeds"):
+        dlf.lr_sweep(splits, [0.05], seeds=[], **kw)
 
 
 def test_progress_gate_makes_phase_matrices():

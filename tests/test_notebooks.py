@@ -33,6 +33,10 @@ def test_notebook_is_committed_clean(path):
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "start with a title"
 
 
+# optional cells that the smoke run also goes through (cheap at smoke size)
+EXTRA_PARAMETERS = {"02_l2t_dlf_dynamic_loss": dict(tune=True)}
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_with_smoke_preset(path, tmp_path, monkeypatch):
@@ -41,7 +45,8 @@ def test_notebook_runs_with_smoke_preset(path, tmp_path, monkeypatch):
     monkeypatch.setenv("LABKIT_STATIC", "1")
     out_dir = tmp_path / "out"
     pm.execute_notebook(str(path), str(tmp_path / path.name), kernel_name="python3", cwd=str(REPO / "notebooks"),
-                        parameters=dict(preset="smoke", seed=0, device="cpu", out_dir=str(out_dir)),
+                        parameters=dict(preset="smoke", seed=0, device="cpu", out_dir=str(out_dir),
+                                        **EXTRA_PARAMETERS.get(path.stem, {})),
                         progress_bar=False)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["notebook"] == path.stem and metrics["preset"] == "smoke" and metrics["seed"] == 0
