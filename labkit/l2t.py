@@ -523,18 +523,16 @@ def train_teacher(train: Split, dev: Split, *, setup: Setup, episodes: int, num_
             advantages = rewards - baselines
             if normalize and rewards.std() > 1e-8:
                 advantages = advantages / rewards.std()
+        decisions = [(torch.cat(run.features), torch.cat(run.actions)) for _, run, _ in runs]  # [S_e, D], [S_e]
         loss = 0.0
-        for (_, run, _), advantage in zip(runs, advantages):
-            features = torch.cat([f for f in run.features if f is not None])
-            actions = torch.cat(run.actions)
+        for (features, actions), advantage in zip(decisions, advantages):
             # REINFORCE: every decision of the episode shares the terminal reward (mean over decisions, see above)
             loss = loss - float(advantage) * teacher.log_prob(features, actions).mean() / len(runs)
-        if torch.is_tensor(loss):
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         with torch.no_grad():
-            p_means = [float(teacher(torch.cat(run.features)).mean()) for _, run, _ in runs]
+            p_means = [float(teacher(features).mean()) for features, _ in decisions]
         for (episode, run, r), b, advantage, p_mean in zip(runs, baselines, advantages, p_means):
             trace.log(episode, reward=r, baseline=float(b), advantage=float(advantage),
                       steps_to_tau=run.reached if run.reached else float("nan"),
@@ -643,9 +641,7 @@ def keep_profile(trace: Trace, feature: str = "margin",
     the share kept. trace: an l2t deployment recorded with record=True."""
     if feature not in trace.arrays or "p_keep" not in trace.arrays:
         raise ValueError(f"feature={feature!r} is not in this trace: record an l2t deployment (record=True)")
-    x = np.concatenate([np.asarray(v, dtype=float) for v in trace.arrays[feature]["value"]])
-    p = np.concatenate([np.asarray(v, dtype=float) for v in trace.arrays["p_keep"]["value"]])
-    keep = np.concatenate([np.asarray(v, dtype=bool) for v in trace.arrays["keep_mask"]["value"]])
+    x, p, keep = trace.concat(feature), trace.concat("p_keep"), trace.concat("keep_mask").astype(bool)
     rows = []
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
         sel = (x >= lo) & ((x <= hi) if i == len(edges) - 2 else (x < hi))

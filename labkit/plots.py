@@ -310,10 +310,9 @@ def l2t_keep_vs_feature(trace: Trace, feature: str = "margin", *, max_points: in
     if feature not in trace.arrays:
         raise ValueError(f"feature={feature!r} is not in this trace: record an l2t deployment (record=True); "
                          f"arrays: {sorted(trace.arrays)}")
-    steps = trace.arrays["p_keep"]["step"]
-    p = np.concatenate([np.asarray(v, dtype=float) for v in trace.arrays["p_keep"]["value"]])
-    x = np.concatenate([np.asarray(v, dtype=float) for v in trace.arrays[feature]["value"]])
-    step = np.concatenate([np.full(len(v), s) for s, v in zip(steps, trace.arrays["p_keep"]["value"])])
+    p, x = trace.concat("p_keep"), trace.concat(feature)
+    step = np.concatenate([np.full(len(v), s) for s, v in zip(trace.arrays["p_keep"]["step"],
+                                                                trace.arrays["p_keep"]["value"])])
     pick = np.random.default_rng(seed).permutation(len(p))[:max_points]
     fig = go.Figure(go.Scatter(x=x[pick], y=p[pick], mode="markers",
                                  marker=dict(size=4, color=step[pick], colorscale="Viridis", opacity=0.6,

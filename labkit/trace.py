@@ -114,6 +114,14 @@ class Trace:
         s = self.arrays[name]
         return np.asarray(s["step"], dtype=np.int64), np.stack(s["value"]) if s["value"] else np.empty((0,))
 
+    def concat(self, name: str) -> np.ndarray:
+        """[N] float64: the entries of an array series of varying length [n_t] (e.g. one per shown example),
+        concatenated over steps."""
+        if name not in self.arrays:
+            raise KeyError(f"no array {name!r} in this trace; it has {sorted(self.arrays)}")
+        return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in self.arrays[name]["value"]] or
+                              [np.empty(0)])
+
     def last(self, name: str) -> float:
         return self.scalars[name]["value"][-1]
 

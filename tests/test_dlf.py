@@ -339,3 +339,25 @@ def test_progress_gate_makes_phase_matrices():
                                  surrogate="expected_error", **SMALL)
     d = dlf.phi_dynamics(trace.stack("phi")[1])
     assert d["dynamic_range"] > 0.01 and trace.config["gate"] == "progress"
+
+
+def test_untrained_teacher_is_the_trained_teachers_start():
+    splits = _splits()
+    teacher, trace = dlf.train_teacher(splits, window=3, updates=2, horizon=6, pretrain_steps=1, bank=3, gate="progress",
+                                       init_scale=2.0, seed=4, teacher_lr=0.05, progress_bar=False, **SMALL)
+    start = dlf.untrained_teacher(splits, trace.config)  # keys that are not DLFTeacher's are ignored
+    again = dlf.DLFTeacher(3, 7, bank=3, gate="progress", init_scale=2.0, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), again.state_dict().values()))
+    assert not torch.equal(start.bank, teacher.bank)  # the trained one moved away from it
+    assert dlf.untrained_teacher(splits, trace.config, init_scale=3.0).bank[0, 0, 0].item() == 3.0  # kwargs win
+
+
+def test_only_a_teacher_that_reads_dev_makes_the_student_measure_it():
+    splits = _splits()
+    static, progress_gate = dlf.DLFTeacher(3, 7, static=True), dlf.DLFTeacher(3, 7, gate="progress")
+    attention = dlf.DLFTeacher(3, 7, gate="state")
+    assert (static.reads_dev_state, progress_gate.reads_dev_state, attention.reads_dev_state) == (False, False, True)
+    kw = dict(SMALL, steps=6, pretrain_steps=2, refresh_every=2, eval_every=0, progress_bar=False)
+    for teacher, measured in ((static, False), (attention, True)):
+        dev_acc = dlf.deploy(teacher, splits, **kw).stack("state")[1][:, 3]  # s_t[3]: the dev accuracy
+        assert (not np.allclose(dev_acc, 1 / 3)) == measured

@@ -59,3 +59,12 @@ def test_reading_unknown_names_says_what_exists():
         t.series("acc")
     with pytest.raises(KeyError, match="phi"):
         t.stack("psi")
+    with pytest.raises(KeyError, match="phi"):
+        t.concat("psi")
+
+
+def test_concat_joins_arrays_of_varying_length():
+    t = tr.Trace()
+    t.log_array(1, keep=np.array([1.0, 0.0, 1.0]))
+    t.log_array(2, keep=torch.tensor([0.5]))
+    np.testing.assert_array_equal(t.concat("keep"), [1.0, 0.0, 1.0, 0.5])
