@@ -2,15 +2,13 @@
 
     import labkit
     splits = labkit.data.load("mnist", dev_size=5000, seed=0, device="cpu")
-    model = labkit.models.build("mlp", in_shape=splits.in_shape, num_classes=splits.num_classes)
-    trace = labkit.fit(model, splits, steps=2000, batch_size=128, lr=0.1, momentum=0.9, seed=0)
-    print(labkit.evaluate(model, splits.test))
+    trace = labkit.fit("mlp", splits, steps=2000, batch_size=128, lr=0.1, schedule="cosine", seed=0)
+    print(trace.metrics["test_acc"])
 """
-from . import data, dlf, dln, l2t, lot, meta, models, papers, plots, trace, train
+from . import checks, data, engine, models, population, seeds, student, trace
 from .data import Split, Splits, resolve_device
+from .engine import Hooks, Run, fit, train
+from .student import StudentConfig, evaluate
 from .trace import Trace
-from .train import evaluate, fit, seed_everything
 
-__version__ = "0.1.0"
-__all__ = ["data", "dlf", "dln", "l2t", "lot", "meta", "models", "papers", "plots", "trace", "train", "Trace", "Split", "Splits", "fit", "evaluate", "seed_everything",
-           "resolve_device"]
+__version__ = "0.2.0"

@@ -1,22 +1,27 @@
-"""Datasets as device-resident tensors.
+"""Datasets as device-resident tensors, the batch streams the engine draws from, and data scenarios.
 
-`load(name)` returns `Splits(train, dev, test)`: every split is a pair of tensors on one
-device, so a training step draws a batch by indexing, with no DataLoader and no workers.
-torchvision does the download, checksums and parsing of the image datasets; the bundled
-Penn Treebank text is read here (torchvision has no text datasets).
-
+`load(name)` returns `Splits(train, dev, test)`: every split is a pair of tensors on one device, so a training
+step draws a batch by indexing, with no DataLoader and no workers. torchvision does the download, checksums and
+parsing of the image datasets; the bundled Penn Treebank text is read here (torchvision has no text datasets).
 The data root is the `LABKIT_DATA` environment variable, else `data/` at the repository root.
+
+Scenarios change the *training* split only (dev and test stay clean: a small trusted dev set, as in the
+data-reweighting literature) and record what they changed: `noisy_labels`, `imbalanced`, `subsample`
+(written in `labkit/scenarios.py`, used as `labkit.data.noisy_labels`, ...).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
+
+from . import seeds as seeding
+from .checks import check_choice, check_int
 
 IMAGE_DATASETS = ("mnist", "cifar10", "cifar100")
 TEXT_DATASETS = ("ptb",)
@@ -42,27 +47,36 @@ def data_root() -> Path:
 
 @dataclass
 class Split:
-    """One split: inputs `x` [N, *in_shape] float32 and labels `y` [N] int64, on one device."""
+    """One split: inputs `x` [N, *in_shape] float32 and labels `y` [N] int64, on one device.
+
+    clean_y [N] int64: the labels before a scenario changed them (None when no scenario did); `corrupted` [N]
+    bool marks the examples whose label differs from it.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
+    clean_y: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def corrupted(self) -> torch.Tensor:
+        return torch.zeros_like(self.y, dtype=torch.bool) if self.clean_y is None else self.y != self.clean_y
+
     def to(self, device: torch.device | str) -> "Split":
-        return Split(self.x.to(device), self.y.to(device))
+        return Split(self.x.to(device), self.y.to(device), None if self.clean_y is None else self.clean_y.to(device))
 
     def __getitem__(self, index: torch.Tensor | slice) -> "Split":
-        return Split(self.x[index], self.y[index])
+        return Split(self.x[index], self.y[index], None if self.clean_y is None else self.clean_y[index])
 
 
 @dataclass
 class Splits:
     """train / dev / test of one dataset, on one device.
 
-    `dev` is carved from the training set with a seed; `test` is the dataset's own test set
-    and is touched only to report.
+    `dev` is carved from the training set with a seed; `test` is the dataset's own test set and is touched only
+    to report. `scenario`: what the scenarios applied to `train` changed, one dict per scenario, in order.
     """
 
     train: Split
@@ -73,50 +87,88 @@ class Splits:
     num_classes: int
     classes: tuple[str, ...] = ()
     augment: bool = False  # CIFAR: pad-crop and flip, applied batch by batch on the device
+    scenario: tuple[dict, ...] = ()
 
     @property
     def device(self) -> torch.device:
         return self.train.x.device
 
     def to(self, device: torch.device | str) -> "Splits":
-        return Splits(self.train.to(device), self.dev.to(device), self.test.to(device), self.name,
-                      self.in_shape, self.num_classes, self.classes, self.augment)
-
-
-def check_int(name: str, value, low: int, high: int | None = None) -> None:
-    """The lab's one check of an integer parameter: a ValueError naming it, its value and what is allowed."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}={value!r} is not allowed: it must be an integer {allowed}")
+        return replace(self, train=self.train.to(device), dev=self.dev.to(device), test=self.test.to(device))
 
 
 def _carve_dev(x: torch.Tensor, y: torch.Tensor, dev_size: int, seed: int) -> tuple[Split, Split]:
-    check_int("dev_size", dev_size, 0, len(y) - 1)
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    check_int("dev_size", dev_size, 1, len(y) - 1)
+    order = torch.randperm(len(y), generator=seeding.generator(seed, "split"))
     dev_idx, train_idx = order[:dev_size], order[dev_size:]
     return Split(x[train_idx], y[train_idx]), Split(x[dev_idx], y[dev_idx])
 
 
-def from_tensors(x: torch.Tensor, y: torch.Tensor, *, dev_size: int, test: tuple[torch.Tensor, torch.Tensor],
-                 seed: int = 0, device: str | torch.device = "cpu", name: str = "custom",
-                 num_classes: int | None = None, classes: Sequence[str] = (), augment: bool = False) -> Splits:
-    """Bring your own data: `x` [N, ...] float, `y` [N] int labels in [0, C); `test` = (x_test, y_test).
+def _as_labels(name: str, y, num_classes: int | None) -> torch.Tensor:
+    """Labels as int64 [N] in [0, C); a ValueError naming `name` otherwise (strings, NaN, fractions, negatives)."""
+    try:
+        t = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be integer class labels 0..C-1 (int array or tensor); got "
+                         f"{type(y).__name__} that torch cannot read as numbers ({err})") from None
+    if t.ndim != 1:
+        raise ValueError(f"{name} must have shape [N] (one integer class label per example); got {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not torch.isfinite(t).all() or (t != t.round()).any():
+            raise ValueError(f"{name} holds non-integer values (e.g. NaN or 0.5): labels must be integers 0..C-1")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} has dtype {t.dtype}: labels must be integers 0..C-1")
+    t = t.long()
+    high = (num_classes - 1) if num_classes else None
+    if len(t) and (t.min() < 0 or (high is not None and t.max() > high)):
+        allowed = f"0..{high}" if high is not None else "integers >= 0"
+        raise ValueError(f"{name} holds labels in [{int(t.min())}, {int(t.max())}]: allowed are {allowed}")
+    return t
 
-    A seeded dev split of `dev_size` examples is carved from (x, y), as `load` does.
+
+def _as_inputs(name: str, x) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a numeric array [N, ...]; torch cannot read it ({err})") from None
+    if t.ndim < 2 or t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name} must be a real array [N, ...] with one row per example; got shape "
+                         f"{tuple(t.shape)}, dtype {t.dtype}")
+    t = t.float()
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).flatten(1).any(1).sum())
+        raise ValueError(f"{name} holds NaN or inf in {bad} example(s): inputs must be finite")
+    return t
+
+
+def from_tensors(x, y, *, dev_size: int, test: tuple, seed: int = 0, device: str | torch.device = "cpu",
+                 name: str = "custom", num_classes: int | None = None, classes: Sequence[str] = (),
+                 augment: bool = False) -> Splits:
+    """Bring your own data: `x` [N, ...] real, `y` [N] integer labels in [0, C); `test` = (x_test, y_test).
+
+    A seeded dev split of `dev_size` examples is carved from (x, y), as `load` does. Images for the conv nets
+    are [N, C, H, W]; flat features [N, D] suit the MLP.
     """
-    x, y = torch.as_tensor(x), torch.as_tensor(y)
-    x_test, y_test = (torch.as_tensor(t) for t in test)
+    if num_classes is not None:
+        check_int("num_classes", num_classes, 2)
+    if not isinstance(test, (tuple, list)) or len(test) != 2:
+        raise ValueError(f"test must be a pair (x_test, y_test); got {type(test).__name__}")
+    x, x_test = _as_inputs("x", x), _as_inputs("test[0] (x_test)", test[0])
+    y, y_test = _as_labels("y", y, num_classes), _as_labels("test[1] (y_test)", test[1], num_classes)
     if x.shape[0] != y.shape[0] or x_test.shape[0] != y_test.shape[0]:
         raise ValueError(f"x and y must have the same length: got {x.shape[0]} and {y.shape[0]} "
                          f"(test: {x_test.shape[0]} and {y_test.shape[0]})")
     if x.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"test inputs have shape {tuple(x_test.shape[1:])}, train inputs {tuple(x.shape[1:])}: they must match")
-    y, y_test = y.long(), y_test.long()
     num_classes = num_classes or int(max(y.max(), y_test.max())) + 1
-    train, dev = _carve_dev(x.float(), y, dev_size, seed)
+    if num_classes < 2:
+        raise ValueError("y holds a single class: a classifier needs labels of at least 2 classes")
+    if classes and len(classes) != num_classes:
+        raise ValueError(f"classes has {len(classes)} names for {num_classes} classes")
+    train, dev = _carve_dev(x, y, dev_size, seed)
     device = resolve_device(device)
-    return Splits(train.to(device), dev.to(device), Split(x_test.float(), y_test).to(device), name,
-                  tuple(x.shape[1:]), num_classes, tuple(classes) or tuple(str(c) for c in range(num_classes)), augment)
+    return Splits(train.to(device), dev.to(device), Split(x_test, y_test).to(device), name, tuple(x.shape[1:]),
+                  num_classes, tuple(classes) or tuple(str(c) for c in range(num_classes)), augment)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -189,14 +241,13 @@ def load(name: str, *, dev_size: int = 5000, seed: int = 0, device: str | torch.
     """Load a dataset as tensors on `device`.
 
     name: one of `KNOWN_DATASETS`. Images come back normalised, [N, C, H, W] float32.
-    dev_size: examples carved from the training set (seeded by `seed`) for the dev split.
+    dev_size: examples carved from the training set for the dev split (the stream `seed`/"split").
     train_size: keep only the first `train_size` training examples after the dev split (for quick runs).
     augment: CIFAR pad-crop and flip during training (default: on for CIFAR, off for MNIST).
     `ptb` returns `TextSplits` (token streams); `dev_size`, `train_size`, `augment` do not apply to it.
     """
-    key = name.lower() if isinstance(name, str) else name
-    if key not in KNOWN_DATASETS:
-        raise ValueError(f"name={name!r} is not a known dataset: choose one of {', '.join(KNOWN_DATASETS)}")
+    key = check_choice("name", name.lower() if isinstance(name, str) else name, KNOWN_DATASETS)
+    seeding.check_seed("seed", seed)
     root = Path(root).expanduser() if root is not None else data_root()
     device = resolve_device(device)
     if key == "ptb":
@@ -216,23 +267,32 @@ def load(name: str, *, dev_size: int = 5000, seed: int = 0, device: str | torch.
                   len(classes), classes, augment if augment is not None else key != "mnist")
 
 
-def batches(n: int, batch_size: int, *, seed: int, device: torch.device | str = "cpu",
-            start: int = 0) -> Iterator[torch.Tensor]:
-    """Endless stream of index batches [batch_size] (int64, on `device`), one permutation per epoch.
+# ---------------------------------------------------------------- batch streams
 
-    Epoch e's permutation is a pure function of (seed, e), so a run resumed at batch `start`
-    sees exactly the batches the uninterrupted run would have seen. The last partial batch is dropped.
+class IndexStream:
+    """Endless index batches [batch_size] (int64, on `device`) over n examples, one permutation per epoch.
+
+    Epoch e's permutation is drawn from the stream `seed`/"epoch"/e, so the batch at any position is a pure
+    function of (seed, position): `position` is all a checkpoint keeps, and a resumed run sees exactly the batches
+    the uninterrupted one would have seen. The last partial batch of an epoch is dropped.
     """
-    check_int("batch_size", batch_size, 1, n)
-    per_epoch = n // batch_size
-    epoch, offset = divmod(start, per_epoch)
-    generator = torch.Generator(device=device)
-    while True:
-        generator.manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(n, generator=generator, device=device)
-        for i in range(offset, per_epoch):
-            yield order[i * batch_size:(i + 1) * batch_size]
-        epoch, offset = epoch + 1, 0
+
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device | str = "cpu", position: int = 0):
+        check_int("batch_size", batch_size, 1, n)
+        self.n, self.batch_size, self.seed, self.device = n, batch_size, seed, torch.device(device)
+        self.per_epoch = n // batch_size
+        self.position, self._epoch, self._order = position, -1, None
+
+    def __iter__(self) -> "IndexStream":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        epoch, offset = divmod(self.position, self.per_epoch)
+        if epoch != self._epoch:
+            gen = seeding.generator(self.seed, "epoch", epoch, device=self.device)
+            self._order, self._epoch = torch.randperm(self.n, generator=gen, device=self.device), epoch
+        self.position += 1
+        return self._order[offset * self.batch_size:(offset + 1) * self.batch_size]
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -267,6 +327,10 @@ class TextSplits:
     def num_tokens(self) -> int:
         return len(self.vocab)
 
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
+
 
 PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
 
@@ -295,10 +359,34 @@ def batchify(tokens: torch.Tensor, batch_size: int) -> torch.Tensor:
     return tokens[: n * batch_size].view(batch_size, n).t().contiguous()
 
 
-def bptt_windows(stream: torch.Tensor, bptt: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Over a batchified stream [L, B]: (input [bptt, B], target [bptt, B]) windows from row `start` on."""
-    check_int("bptt", bptt, 1)
-    for i in range(start, stream.size(0) - 1, bptt):
-        n = min(bptt, stream.size(0) - 1 - i)
-        yield stream[i:i + n], stream[i + 1:i + 1 + n]
+class WindowStream:
+    """Endless bptt windows over a batchified stream [L, B]: (x [bptt, B], y [bptt, B], restart), starting at
+    window `offset` and wrapping around; only whole windows are used, so every window has bptt rows. `restart` is
+    True at the stream's first window (a recurrent state resets there). `position` (windows drawn) is all a
+    checkpoint keeps."""
 
+    def __init__(self, stream: torch.Tensor, bptt: int, offset: int = 0, position: int = 0):
+        check_int("bptt", bptt, 1, stream.size(0) - 1)
+        self.stream, self.bptt = stream, bptt
+        self.starts = list(range(0, stream.size(0) - bptt, bptt))
+        self.offset, self.position = offset % len(self.starts), position
+
+    def __iter__(self) -> "WindowStream":
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        k = (self.offset + self.position) % len(self.starts)
+        self.position += 1
+        i = self.starts[k]
+        return self.stream[i:i + self.bptt], self.stream[i + 1:i + 1 + self.bptt], k == 0
+
+
+def bptt_windows(stream: torch.Tensor, bptt: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """All (input [l, B], target [l, B]) windows of a batchified stream, in order (one pass, for evaluation)."""
+    check_int("bptt", bptt, 1)
+    return [(stream[i:i + min(bptt, stream.size(0) - 1 - i)], stream[i + 1:i + 1 + min(bptt, stream.size(0) - 1 - i)])
+            for i in range(0, stream.size(0) - 1, bptt)]
+
+
+# the scenarios live in their own module; `labkit.data.noisy_labels` etc. stay the public names
+from .scenarios import SCENARIOS, apply_scenario, imbalanced, noise_transition, noisy_labels, subsample  # noqa: E402,F401

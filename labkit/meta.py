@@ -11,6 +11,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .checks import check_choice, check_float
+from .student import PASSES
+
 Params = dict[str, torch.Tensor]
 
 
@@ -22,8 +25,9 @@ def params_of(model: nn.Module, *, requires_grad: bool = True) -> Params:
 def unroll_sgd(model: nn.Module, params: Params, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                loss_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor], *, lr: float,
                momentum: float = 0.0, velocity: Params | None = None, create_graph: bool = True,
-               ) -> tuple[Params, Params, list[float]]:
-    """K steps of SGD with (heavy-ball) momentum, v <- μ v + g, w <- w - lr v, kept differentiable.
+               weight_decay: float = 0.0) -> tuple[Params, Params, list[float]]:
+    """K steps of SGD with (heavy-ball) momentum, v <- μ v + g + λw, w <- w - lr v, kept differentiable
+    (torch.optim.SGD's rule with weight_decay λ, dampening 0, no Nesterov).
 
     model: gives the architecture (its own parameters are not used; its buffers are).
     params: starting weights {name: tensor}; batches: K pairs (x [B, ...], y [B]).
@@ -37,7 +41,8 @@ def unroll_sgd(model: nn.Module, params: Params, batches: Iterable[tuple[torch.T
     for k, (x, y) in enumerate(batches):
         loss = loss_fn(functional_call(model, params, (x,)), y, k)
         grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-        velocity = {n: momentum * velocity[n] + g for n, g in zip(names, grads)}
+        PASSES.add(forward=y.numel(), backward=y.numel())
+        velocity = {n: momentum * velocity[n] + g + weight_decay * params[n] for n, g in zip(names, grads)}
         params = {n: params[n] - lr * velocity[n] for n in names}
         if not create_graph:
             params = {n: p.detach().requires_grad_() for n, p in params.items()}
@@ -63,7 +68,7 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
                   loss_fn: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
                   meta_params: list[torch.Tensor], dev_fn: Callable[[Params], torch.Tensor], *, lr: float,
                   momentum: float = 0.0, velocity: Params | None = None, mode: str = "snapshot",
-                  keep_activations: bool = False,
+                  keep_activations: bool = False, weight_decay: float = 0.0,
                   ) -> tuple[list[torch.Tensor], Params, Params, float, list[float]]:
     """The exact gradient of a dev objective after K steps of SGD with momentum, w.r.t. `meta_params`.
 
@@ -75,7 +80,7 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
         activations of a step plus the double-backward graph.
     mode "snapshot": run the K steps without a graph, keep w_t of each step (memory K·P numbers, no activations;
         the reverse sweep does not need v_t), then sweep backwards with one Hessian-vector product per step (Maclaurin et al. 2015 style):
-            ḡ = v̄_{t+1} - lr w̄_{t+1};  w̄_t = w̄_{t+1} + ∂(∇_w L_t · ḡ)/∂w_t;  θ̄ += ∂(∇_w L_t · ḡ)/∂θ;  v̄_t = μ ḡ.
+            ḡ = v̄_{t+1} - lr w̄_{t+1};  w̄_t = w̄_{t+1} + ∂(∇_w L_t · ḡ)/∂w_t + λ ḡ;  θ̄ += ∂(∇_w L_t · ḡ)/∂θ;  v̄_t = μ ḡ.
     keep_activations (snapshot mode only): keep each step's forward graph (its activations; the weights are the
         snapshots themselves) from the forward sweep, so that the reverse sweep does not recompute the forward
         pass: the same numbers, about one forward pass per step faster, at the memory of K steps' activations
@@ -86,17 +91,15 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     batches: K pairs (x [B, ...], y [B]); velocity: v_0 (zeros if None).
     Returns (grads [same shapes as meta_params], w_K detached, v_K detached, D as a float, the K training losses).
     """
-    if mode not in META_MODES:
-        raise ValueError(f"mode={mode!r} is not allowed: choose one of {', '.join(META_MODES)}")
-    if lr <= 0:
-        raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
-    if not 0 <= momentum < 1:
-        raise ValueError(f"momentum={momentum!r} is not allowed: it must be in [0, 1)")
+    check_choice("mode", mode, META_MODES)
+    check_float("lr", lr, 0, low_open=True)
+    check_float("momentum", momentum, 0, 1, high_open=True)
+    check_float("weight_decay", weight_decay, 0)
     names = list(params)
     if mode == "unroll":
         start = {n: p.detach().requires_grad_() for n, p in params.items()}
         w_k, v_k, losses = unroll_sgd(model, start, batches, loss_fn, lr=lr, momentum=momentum,
-                                      velocity=velocity, create_graph=True)
+                                      velocity=velocity, create_graph=True, weight_decay=weight_decay)
         dev = dev_fn(w_k)
         grads = _flat_grads(dev, meta_params)
         return (grads, {n: p.detach() for n, p in w_k.items()}, {n: v.detach() for n, v in v_k.items()},
@@ -115,15 +118,20 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
         inputs = [p.detach().requires_grad_() for p in w_t]
         loss = loss_fn(functional_call(model, dict(zip(names, inputs)), (x,)), y, k)
         grads = torch.autograd.grad(loss, inputs, retain_graph=keep_activations)
+        PASSES.add(forward=y.numel(), backward=y.numel())
         kept.append((loss, inputs) if keep_activations else None)
         with torch.no_grad():
             torch._foreach_mul_(v, momentum)
             torch._foreach_add_(v, grads)
+            if weight_decay:
+                torch._foreach_add_(v, w_t, alpha=weight_decay)
             w_t = torch._foreach_add(w_t, v, alpha=-lr)
         losses.append(loss.detach())  # as in unroll_sgd: read once at the end
     w_final = [p.detach().requires_grad_() for p in w_t]
     dev = dev_fn(dict(zip(names, w_final)))
     w_bar = _flat_grads(dev, w_final)
+    # the reverse sweep recomputes each step's forward; BatchNorm would update its running buffers a second time
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
     theta_bar = [torch.zeros_like(t) for t in meta_params]
     g_bar: list[torch.Tensor] = []
     for k in range(len(batches) - 1, -1, -1):
@@ -140,12 +148,19 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
         else:
             inputs = [p.detach().requires_grad_() for p in snapshots[k]]
             loss = loss_fn(functional_call(model, dict(zip(names, inputs)), (x,)), y, k)
+            PASSES.add(forward=y.numel())
         grads = torch.autograd.grad(loss, inputs, create_graph=True)
+        PASSES.add(backward=2 * y.numel())  # the gradient again, and its vector-Jacobian product
         # one vector-Jacobian product of ∇_w L_k with ḡ gives both ∂(∇_w L_k · ḡ)/∂w_k and ∂(∇_w L_k · ḡ)/∂θ
         back = _flat_grads(grads, inputs + list(meta_params), grad_outputs=g_bar)
         with torch.no_grad():
             torch._foreach_add_(w_bar, back[:len(names)])
+            if weight_decay:
+                torch._foreach_add_(w_bar, g_bar, alpha=weight_decay)
             torch._foreach_add_(theta_bar, back[len(names):])
         snapshots[k] = None  # free as we go
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(buffers[n])
     return (theta_bar, dict(zip(names, w_t)), dict(zip(names, v)), dev.item(),
             torch.stack(losses).tolist() if losses else [])

@@ -7,6 +7,12 @@
 | resnet8/20/32/56 | He et al. 2016's CIFAR ResNets (3 stages, 16/32/64 channels, option-A shortcuts) | L2T-DLF, L2T-DLN |
 | preresnet20/56/110 | pre-activation ResNets as in the LoT code (basic blocks < 44 layers, bottlenecks above) | LoT |
 | lstm_lm     | word-level LSTM language model (embedding, LSTM, tied-free decoder) | LoT on PTB       |
+
+`population(name, ..., seeds=[s_1, ..., s_S])` builds S students as one model, whose forward maps a batch per
+member [S, B, ...] (or one batch shared by all, [B, ...]) to logits [S, B, C]: `mlp` with stacked weights
+(`torch.baddbmm`), `lenet` with grouped convolutions, any other model one member after another (`Looped`). Member i
+starts from exactly the weights `build(name, ..., seed=s_i)` gives, and trains to the same numbers, to float
+rounding, as it would alone.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ class LeNet(nn.Module):
 
     def __init__(self, in_shape: tuple[int, ...], num_classes: int):
         super().__init__()
-        channels, height, width = in_shape
+        channels, height, width = self.in_shape = tuple(in_shape)
         self.conv1 = nn.Conv2d(channels, 20, 5)
         self.conv2 = nn.Conv2d(20, 50, 5)
         h, w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
@@ -142,6 +148,8 @@ class PreResNet(nn.Module):
 class LSTMLM(nn.Module):
     """Word-level LSTM language model: tokens [L, B] (+ state) -> (logits [L, B, V], state)."""
 
+    stateful = True  # the engine carries its (h, c) state from one bptt window to the next
+
     def __init__(self, num_tokens: int, emb: int = 200, hidden: int = 200, layers: int = 2, dropout: float = 0.2):
         super().__init__()
         self.embed = nn.Embedding(num_tokens, emb)
@@ -161,29 +169,39 @@ RESNET_DEPTHS = (8, 20, 32, 56)
 PRERESNET_DEPTHS = (20, 56, 110)
 KNOWN_MODELS = ("mlp", "lenet", *(f"resnet{d}" for d in RESNET_DEPTHS),
                 *(f"preresnet{d}" for d in PRERESNET_DEPTHS), "lstm_lm")
+BATCHED = ("mlp", "lenet")  # built as one batched model by `population`; the others are `Looped`
+
+
+def _check_build(name: str, in_shape, num_classes) -> None:
+    if name not in KNOWN_MODELS:
+        raise ValueError(f"name={name!r} is not a known model: choose one of {', '.join(KNOWN_MODELS)}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes={num_classes!r} is not allowed: it must be an integer >= 2")
+    if name == "lstm_lm":
+        return
+    if in_shape is None or len(in_shape) == 0:
+        raise ValueError(f"in_shape={in_shape!r} is not allowed: give one example's shape, e.g. (1, 28, 28)")
+    if name == "lenet" or name.startswith(("resnet", "preresnet")):
+        if len(in_shape) != 3:
+            raise ValueError(f"in_shape={tuple(in_shape)!r} is not allowed for {name}: it needs an image shape "
+                             f"(C, H, W); flat features suit 'mlp'")
+    if name == "lenet" and min(in_shape[1:]) < 16:
+        raise ValueError(f"in_shape={tuple(in_shape)!r} is not allowed for lenet: its two 5x5 convolutions and 2x2 "
+                         f"poolings need images of at least 16x16 pixels; use 'mlp' for smaller inputs")
 
 
 def build(name: str, in_shape: tuple[int, ...] | None = None, num_classes: int | None = None, *,
-          seed: int | None = None, device: str | torch.device = "cpu", **kwargs) -> nn.Module:
+          seed: int = 0, device: str | torch.device = "cpu", **kwargs) -> nn.Module:
     """Build a student by name (one of `KNOWN_MODELS`), on `device`.
 
     in_shape: one example's shape, e.g. (1, 28, 28); num_classes: C (for `lstm_lm`: the vocabulary size).
-    seed: when given, the initial weights are a pure function of it.
-    kwargs go to the model (`hidden` for mlp; `emb`, `hidden`, `layers`, `dropout` for lstm_lm).
+    seed: the initial weights are a pure function of it (drawn from a forked generator: the global random
+    state is left as it was). kwargs go to the model (`hidden` for mlp; `emb`, `hidden`, `layers`, `dropout`
+    for lstm_lm).
     """
-    if name not in KNOWN_MODELS:
-        raise ValueError(f"name={name!r} is not a known model: choose one of {', '.join(KNOWN_MODELS)}")
-    if num_classes is None or num_classes < 2:
-        raise ValueError(f"num_classes={num_classes!r} is not allowed: it must be an integer >= 2")
-    if name != "lstm_lm" and (in_shape is None or len(in_shape) == 0):
-        raise ValueError(f"in_shape={in_shape!r} is not allowed: give one example's shape, e.g. (1, 28, 28)")
-    if name in ("lenet",) or name.startswith(("resnet", "preresnet")):
-        if len(in_shape) != 3:
-            raise ValueError(f"in_shape={tuple(in_shape)!r} is not allowed for {name}: it needs an image shape (C, H, W)")
-    # A seeded build draws from its own generator state and leaves the global one as it was.
-    with torch.random.fork_rng(devices=[], enabled=seed is not None):
-        if seed is not None:
-            torch.manual_seed(seed)
+    _check_build(name, in_shape, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         if name == "mlp":
             model = MLP(math.prod(in_shape), num_classes, **kwargs)
         elif name == "lenet":

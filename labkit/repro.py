@@ -28,13 +28,65 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from .papers import PAPERS, Reported, get as get_reported
-from .trace import atomic_write_bytes
+from .trace import atomic_write_bytes, write_json
 
 PRESETS = ("smoke", "cpu", "paper")
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 METRICS_FILE = "metrics.json"
 PARTIAL_SUFFIX = ".partial.ipynb"   # papermill writes here while executing
 FAILED_SUFFIX = ".failed.ipynb"     # kept after a failure, for reading the error in context
+
+
+# ---------------------------------------------------------------- metrics.json: what every notebook writes
+
+# The metrics an experiment can compare methods on: (unit, higher is better, allowed range)
+METRICS = {
+    "test_acc": ("fraction", True, (0.0, 1.0)),
+    "dev_acc": ("fraction", True, (0.0, 1.0)),
+    "effective_examples_to_tau": ("examples", False, (0.0, math.inf)),
+    "test_ppl": ("perplexity", False, (1.0, math.inf)),
+    "steps_to_dev_acc": ("steps", False, (0.0, math.inf)),
+}
+
+
+def experiment(summary: dict, *, metric: str, dataset: str, model: str, paper: str | None = None,
+               setting: str = "") -> dict:
+    """One comparison of methods on the same seeds (a `labkit.stats.summarize` result) with what it measured:
+    the report reads these keys. paper: the paper whose number this setting can be set against ("l2t", "dlf",
+    "dln", "lot"; None: none); setting: the budget in words ("cpu preset: 1500 steps ...")."""
+    if metric not in METRICS:
+        raise ValueError(f"metric={metric!r} is not allowed: choose one of {', '.join(METRICS)}")
+    unit, higher, _ = METRICS[metric]
+    if summary.get("higher_is_better") != higher:
+        raise ValueError(f"the summary's higher_is_better={summary.get('higher_is_better')} disagrees with "
+                         f"{metric} ({'higher' if higher else 'lower'} is better)")
+    return dict(summary, metric=metric, unit=unit, dataset=dataset, model=model, paper=paper, setting=setting)
+
+
+def check_metrics(metrics: dict) -> None:
+    """The invariants of a metrics.json: named notebook, preset and seed; each experiment's values one per seed,
+    None (diverged) or a finite number in the metric's range. Raises AssertionError naming what is wrong."""
+    for key in ("notebook", "preset", "seed", "experiments"):
+        assert key in metrics, f"metrics.json lacks {key!r}"
+    for name, exp in metrics["experiments"].items():
+        low, high = METRICS[exp["metric"]][2]
+        for method, m in exp["methods"].items():
+            assert len(m["values"]) == len(exp["seeds"]), f"{name}/{method}: {len(m['values'])} values, " \
+                                                         f"{len(exp['seeds'])} seeds"
+            for v in m["values"]:
+                assert v is None or (isinstance(v, (int, float)) and math.isfinite(v) and low <= v <= high), \
+                    f"{name}/{method}: value {v!r} is not None nor a finite {exp['metric']} in [{low}, {high}]"
+
+
+def write_metrics(out_dir: str | Path, *, notebook: str, preset: str, seed: int, experiments: dict[str, dict],
+                  scenario: Sequence[dict] = (), extras: dict | None = None) -> dict:
+    """Write `out_dir/metrics.json` atomically after checking its invariants (`check_metrics`); returns it.
+    experiments: name -> `experiment(...)`; extras: the notebook's other numbers (JSON-able)."""
+    metrics = dict(notebook=notebook, preset=preset, seed=seed, scenario=list(scenario),
+                   experiments=experiments, extras=extras or {})
+    check_metrics(metrics)
+    write_json(Path(out_dir) / METRICS_FILE, metrics)
+    return metrics
 
 
 # ---------------------------------------------------------------- notebooks and names

@@ -24,8 +24,9 @@ import torch
 TRACE_FILE = "trace.npz"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one, never a part.
+    sync=False skips the fsync: still safe against a killed process, not against a power cut (checkpoints)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,7 +34,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -122,12 +124,24 @@ class Trace:
         return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in self.arrays[name]["value"]] or
                               [np.empty(0)])
 
+    def truncate(self, step: int) -> None:
+        """Forget every entry logged after `step` (a diverged run keeps nothing past its last good step)."""
+        for store in (self.scalars, self.arrays):
+            for s in store.values():
+                keep = [i for i, t in enumerate(s["step"]) if t <= step]
+                s["step"], s["value"] = [s["step"][i] for i in keep], [s["value"][i] for i in keep]
+
+    @property
+    def diverged(self) -> bool:
+        """True when the run stopped on a non-finite or exploding loss (metrics["diverged_at_step"])."""
+        return self.metrics.get("diverged_at_step") is not None
+
     def last(self, name: str) -> float:
         return self.scalars[name]["value"][-1]
 
     # ------------------------------------------------------------------ files
-    def save(self, directory: str | Path) -> Path:
-        """Write `<directory>/trace.npz` atomically; returns its path."""
+    def to_bytes(self) -> bytes:
+        """The whole trace as the bytes of one compressed .npz (what `save` writes; checkpoints embed it)."""
         meta = {"config": self.config, "metrics": self.metrics, "messages": self.messages, "scalars": self.scalars,
                 "arrays": {name: {"step": s["step"], "count": len(s["value"])} for name, s in self.arrays.items()}}
         payload = {"__meta__": np.frombuffer(json.dumps(meta, default=_jsonable).encode(), dtype=np.uint8)}
@@ -136,8 +150,25 @@ class Trace:
                 payload[f"{name}/{i}"] = value
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **payload)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Trace":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return cls._from_npz(z)
+
+    @classmethod
+    def _from_npz(cls, z) -> "Trace":
+        meta = json.loads(z["__meta__"].tobytes().decode())
+        arrays = {name: {"step": s["step"], "value": [z[f"{name}/{i}"] for i in range(s["count"])]}
+                  for name, s in meta["arrays"].items()}
+        return cls(config=meta["config"], scalars=meta["scalars"], arrays=arrays, metrics=meta["metrics"],
+                   messages=meta["messages"])
+
+    def save(self, directory: str | Path) -> Path:
+        """Write `<directory>/trace.npz` atomically; returns its path."""
         path = Path(directory) / TRACE_FILE
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, self.to_bytes())
         return path
 
     @classmethod
@@ -145,8 +176,4 @@ class Trace:
         path = Path(directory)
         path = path if path.suffix == ".npz" else path / TRACE_FILE
         with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["__meta__"].tobytes().decode())
-            arrays = {name: {"step": s["step"], "value": [z[f"{name}/{i}"] for i in range(s["count"])]}
-                      for name, s in meta["arrays"].items()}
-        return cls(config=meta["config"], scalars=meta["scalars"], arrays=arrays,
-                   metrics=meta["metrics"], messages=meta["messages"])
+            return cls._from_npz(z)

@@ -1,0 +1,241 @@
+"""A population: S students trained as one model.
+
+Small students on a CPU are overhead-bound, so S of them in one batched model train much faster than S one
+after another. Every population maps a batch per member, x [S, B, ...], or one batch shared by all members,
+x [B, ...], to logits [S, B, C]:
+
+| class          | how                                               | for                     |
+|----------------|---------------------------------------------------|-------------------------|
+| `StackedMLP`   | weights stacked [S, in, out], `torch.baddbmm`     | `mlp`                   |
+| `GroupedLeNet` | grouped convolutions (groups = S), stacked fc     | `lenet`                 |
+| `Looped`       | one member after another                          | every model (the fallback) |
+
+Member i starts from the weights `models.build(name, ..., seed=seeds[i])` gives, and its parameters get exactly
+the gradient it would get alone (the members share no weight and the loss is a sum over members), so an
+elementwise optimizer (SGD, momentum, weight decay, Adam) trains each member as it would train alone: the same
+numbers up to float rounding (the batched kernels add in another order).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import BATCHED, LeNet, MLP, build
+
+
+class Population(nn.Module):
+    """Base: `size` members; forward(x [S, B, ...] or [B, ...]) -> logits [S, B, C]."""
+
+    size: int
+    stateful = False
+    example_dims: int  # dimensions of one example (3 for [C, H, W]); per-member batches have two more
+
+    def member(self, i: int) -> nn.Module:
+        """A plain model holding member i's current weights (for a stacked population: a copy)."""
+        raise NotImplementedError
+
+    def clip_grad_norms_(self, max_norm: float) -> torch.Tensor:
+        """Clip each member's gradient to norm `max_norm` (as `nn.utils.clip_grad_norm_` would alone); returns the
+        norms before clipping [S]."""
+        norms = self.grad_norms()
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        self._scale_grads(coef)
+        return norms
+
+    def _per_member(self, x: torch.Tensor) -> bool:
+        """True when x carries a member dimension ([S, B, ...]), False when it is shared ([B, ...])."""
+        batch_dims = 2 if self.stateful else 1  # a text batch is [L, B] tokens
+        if x.dim() == self.example_dims + batch_dims + 1:
+            if x.shape[0] != self.size:
+                raise ValueError(f"x has {x.shape[0]} member batches for a population of {self.size}")
+            return True
+        if x.dim() != self.example_dims + batch_dims:
+            raise ValueError(f"x has shape {tuple(x.shape)}: give [S, B, ...] or [B, ...] with examples of "
+                             f"{self.example_dims} dimensions")
+        return False
+
+
+class Looped(Population):
+    """Any models as a population: members run one after another. Stateful members (`lstm_lm`) keep their
+    recurrent state from call to call (reset per member by `restart` [S] bool, detached every call); members with
+    dropout draw it from `dropout_seeds[i]` inside a forked generator (the global random state is left alone)."""
+
+    def __init__(self, members: Sequence[nn.Module], example_dims: int):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.size, self.example_dims = len(self.members), example_dims
+        self.stateful = bool(getattr(self.members[0], "stateful", False))
+        self.states: list = [None] * self.size
+
+    def member(self, i: int) -> nn.Module:
+        return self.members[i]
+
+    def forward(self, x: torch.Tensor, restart: torch.Tensor | None = None,
+                dropout_seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """x [S, B, ...] or [B, ...] (stateful: tokens [S, L, B] or [L, B]) -> [S, B, C] (stateful: [S, L·B, V])."""
+        per_member = self._per_member(x)
+        outs = []
+        for i, m in enumerate(self.members):
+            xi = x[i] if per_member else x
+            context = _dropout_seed(dropout_seeds[i], xi.device) if dropout_seeds else contextlib.nullcontext()
+            with context:
+                if self.stateful:
+                    state = None if (restart is not None and bool(restart[i])) else self.states[i]
+                    logits, state = m(xi, None if state is None else tuple(s.detach() for s in state))
+                    self.states[i] = state
+                    outs.append(logits.reshape(-1, logits.shape[-1]))
+                else:
+                    outs.append(m(xi))
+        return torch.stack(outs)
+
+    def grad_norms(self) -> torch.Tensor:
+        return torch.stack([_norm([p.grad for p in m.parameters() if p.grad is not None]) for m in self.members])
+
+    def _scale_grads(self, coef: torch.Tensor) -> None:
+        for c, m in zip(coef, self.members):
+            for p in m.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(c)
+
+    def get_extra_state(self):
+        return {"states": [None if s is None else tuple(t.detach() for t in s) for s in self.states]}
+
+    def set_extra_state(self, state) -> None:
+        self.states = list(state["states"])
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.sqrt(sum(t.pow(2).sum() for t in tensors)) if tensors else torch.tensor(0.0)
+
+
+@contextlib.contextmanager
+def _dropout_seed(seed: int, device: torch.device):
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class _Stacked(Population):
+    """Shared code of the batched populations: every parameter holds the members' blocks one after another along
+    its first dimension ([S, ...] stacked, or [S·k, ...] for a grouped convolution), so `.view(S, -1)` splits it."""
+
+    def grad_norms(self) -> torch.Tensor:
+        sq = [p.grad.view(self.size, -1).pow(2).sum(1) for p in self.parameters() if p.grad is not None]
+        return torch.stack(sq).sum(0).sqrt() if sq else torch.zeros(self.size)
+
+    def _scale_grads(self, coef: torch.Tensor) -> None:
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.view(self.size, -1).mul_(coef.view(-1, 1))
+
+
+class StackedMLP(_Stacked):
+    """S `MLP`s as one: layer l holds weights [S, in, out] and biases [S, out]."""
+
+    def __init__(self, members: Sequence[MLP], example_dims: int):
+        super().__init__()
+        self.size, self.example_dims = len(members), example_dims
+        first = members[0]
+        self.in_features = first.hidden[0].in_features if len(first.hidden) else first.out.in_features
+        self.hidden_sizes = tuple(layer.out_features for layer in first.hidden)
+        self.num_classes = first.out.out_features
+        layers = [*(lambda m, l=l: m.hidden[l] for l in range(len(first.hidden))), lambda m: m.out]
+        self.weights = nn.ParameterList(nn.Parameter(torch.stack([get(m).weight.detach().t() for m in members]))
+                                        for get in layers)
+        self.biases = nn.ParameterList(nn.Parameter(torch.stack([get(m).bias.detach() for m in members]))
+                                       for get in layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [S, B, ...] or [B, ...] -> logits [S, B, C]; the example is flattened, as `MLP` does."""
+        if self._per_member(x):
+            h = x.flatten(2)
+        else:
+            h = x.flatten(1).expand(self.size, -1, -1)
+        last = len(self.weights) - 1
+        for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)
+            if l < last:
+                h = torch.tanh(h)
+        return h
+
+    def member(self, i: int) -> MLP:
+        m = MLP(self.in_features, self.num_classes, self.hidden_sizes).to(self.weights[0].device)
+        layers = [*m.hidden, m.out]
+        with torch.no_grad():
+            for layer, w, b in zip(layers, self.weights, self.biases):
+                layer.weight.copy_(w[i].t())
+                layer.bias.copy_(b[i])
+        return m
+
+
+class GroupedLeNet(_Stacked):
+    """S `LeNet`s as one: the convolutions grouped (groups = S), the fully connected layers stacked."""
+
+    example_dims = 3
+
+    def __init__(self, members: Sequence[LeNet]):
+        super().__init__()
+        self.size = S = len(members)
+        first = members[0]
+        self.in_channels = first.conv1.in_channels
+        self.conv1 = nn.Conv2d(S * self.in_channels, S * 20, 5, groups=S)
+        self.conv2 = nn.Conv2d(S * 20, S * 50, 5, groups=S)
+        with torch.no_grad():
+            for conv, name in ((self.conv1, "conv1"), (self.conv2, "conv2")):
+                conv.weight.copy_(torch.cat([getattr(m, name).weight for m in members]))
+                conv.bias.copy_(torch.cat([getattr(m, name).bias for m in members]))
+        self.fc_weight = nn.Parameter(torch.stack([m.fc.weight.detach().t() for m in members]))
+        self.fc_bias = nn.Parameter(torch.stack([m.fc.bias.detach() for m in members]))
+        self.out_weight = nn.Parameter(torch.stack([m.out.weight.detach().t() for m in members]))
+        self.out_bias = nn.Parameter(torch.stack([m.out.bias.detach() for m in members]))
+        self.in_shape, self.num_classes = first.in_shape, first.out.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [S, B, C, H, W] or [B, C, H, W] -> logits [S, B, classes]."""
+        S = self.size
+        if self._per_member(x):
+            b = x.shape[1]
+            x = x.transpose(0, 1).reshape(b, S * x.shape[2], *x.shape[3:])
+        else:
+            b = x.shape[0]
+            x = x.repeat(1, S, 1, 1)
+        x = torch.tanh(F.max_pool2d(self.conv1(x), 2))
+        x = torch.tanh(F.max_pool2d(self.conv2(x), 2))          # [B, S·50, h', w']
+        x = x.reshape(b, S, -1).transpose(0, 1)                   # [S, B, 50·h'·w'], LeNet's flatten order
+        x = torch.tanh(torch.baddbmm(self.fc_bias.unsqueeze(1), x, self.fc_weight))
+        return torch.baddbmm(self.out_bias.unsqueeze(1), x, self.out_weight)
+
+    def member(self, i: int) -> LeNet:
+        m = LeNet(self.in_shape, self.num_classes).to(self.fc_weight.device)
+        with torch.no_grad():
+            m.conv1.weight.copy_(self.conv1.weight[i * 20:(i + 1) * 20])
+            m.conv1.bias.copy_(self.conv1.bias[i * 20:(i + 1) * 20])
+            m.conv2.weight.copy_(self.conv2.weight[i * 50:(i + 1) * 50])
+            m.conv2.bias.copy_(self.conv2.bias[i * 50:(i + 1) * 50])
+            m.fc.weight.copy_(self.fc_weight[i].t())
+            m.fc.bias.copy_(self.fc_bias[i])
+            m.out.weight.copy_(self.out_weight[i].t())
+            m.out.bias.copy_(self.out_bias[i])
+        return m
+
+
+def population(name: str, in_shape: tuple[int, ...] | None, num_classes: int, seeds: Sequence[int], *,
+               device: str | torch.device = "cpu", batched: bool | None = None, **kwargs) -> Population:
+    """S = len(seeds) students of model `name` as one Population; member i's initial weights are
+    `build(name, in_shape, num_classes, seed=seeds[i], **kwargs)`'s.
+
+    batched: None (default) stacks `mlp` and `lenet` when S >= 2 and loops otherwise; False always loops.
+    """
+    members = [build(name, in_shape, num_classes, seed=s, device=device, **kwargs) for s in seeds]
+    if not members:
+        raise ValueError("seeds=[] is not allowed: a population needs at least one member")
+    example_dims = 0 if name == "lstm_lm" else len(in_shape)
+    stack = (name in BATCHED and len(members) >= 2) if batched is None else (batched and name in BATCHED)
+    if not stack:
+        return Looped(members, example_dims)
+    return (StackedMLP(members, example_dims) if name == "mlp" else GroupedLeNet(members)).to(device)
