@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(00); default: all")
     p.add_argument("--preset", default="cpu", help="smoke (< 60 s each, CI), cpu (< 15 min each on 2 cores, the "
                    "teaching default) or paper (the paper's settings, GPU); default: cpu")
-    p.add_argument("--seeds", type=int, default=2, help="number of seeds, run as 0..N-1 (default: 2)")
+    p.add_argument("--seeds", type=int, default=2, help="number of independent runs of each notebook, with seeds 0..N-1 (default: 2); "
+                   "each deploys on its own students (seeds.deployment_seeds)")
     p.add_argument("--out", default="runs", help="runs folder (default: runs)")
     p.add_argument("--notebooks", default=str(repro.NOTEBOOK_DIR), help="notebook folder (default: %(default)s)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
@@ -45,12 +46,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "reproduce":
-            summary = repro.reproduce(args.names, preset=args.preset, seeds=args.seeds, out=args.out,
+            if args.seeds < 1:
+                raise ValueError(f"--seeds {args.seeds} is not allowed: give a whole number >= 1")
+            summary = repro.reproduce(args.names, preset=args.preset, seeds=list(range(args.seeds)), out=args.out,
                                       notebook_dir=args.notebooks, kernel=args.kernel, html=not args.no_html)
             for r in summary.failed:
                 print(f"FAILED {r.notebook} {r.preset} seed {r.seed}: {r.error}", file=sys.stderr)
             return 0 if summary.ok else 1
-        print(repro.report(args.out))
+        from .report import report
+
+        print(report(args.out))
         return 0
     except ValueError as exc:
         print(f"labkit {args.command}: error: {exc}", file=sys.stderr)

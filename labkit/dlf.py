@@ -27,14 +27,14 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from . import engine, meta, repro, stats
+from . import checkpoint, engine, meta, repro, stats
 from . import seeds as seeding
 from .checks import check_choice, check_float, check_int
 from .data import Splits
 from .dlf_model import (GATES, SURROGATES, DLFTeacher, StudentState, dlf_loss, expected_error,  # noqa: F401
                         smooth_error, student_loss, surrogate)
 from .student import StudentConfig, confusion, predict
-from .trace import Trace
+from .trace import Trace, metric_values
 
 METHOD = "l2t-dlf"
 
@@ -54,10 +54,14 @@ class Config:
     "adam"); surrogate and its k; dev_read: dev examples the surrogate and the state read (None: all of dev);
     mode ("snapshot" or "unroll") and keep_activations: how `meta.sgd_meta_grad` differentiates (same numbers).
     deployments: deployment seeds per run; tune_count: students per learning rate in `lr_sweep` (role "tune").
+    dataset / train_size / dev_size: what `load` reads.
     """
 
     student: StudentConfig
     ce_lr: float | None = None
+    dataset: str = "mnist"
+    train_size: int | None = None
+    dev_size: int = 5000
     alpha: float = 0.5
     gate: str = "progress"
     bank: int = 4
@@ -112,7 +116,8 @@ _MLP = StudentConfig(model="mlp", batch_size=64, momentum=0.9, pretrain_steps=10
 PRESETS: dict[str, Config] = {
     # CI: a tiny MLP on the first 2 000 images (load with train_size=2000); proves that everything runs
     "smoke": Config(student=replace(_MLP, model_kwargs={"hidden": (32,)}, pretrain_steps=20, steps=40,
-                                    eval_every=20), ce_lr=0.02, window=10, teacher_updates=4, dev_read=200,
+                                    eval_every=20), ce_lr=0.02, train_size=2000, dev_size=300, window=10,
+                    teacher_updates=4, dev_read=200,
                     deployments=3, tune_count=2, lr_grid=(0.02, 0.05), ce_lr_grid=(0.02, 0.05)),
     # the teaching default: MNIST MLP 784-500-10 as the demo (CE pre-training 1000 steps, then the loss mixture
     # α = 0.5 with Φ_0 = 4·I), K = 25 windows continued across (the demo), the progress-gated bank of 4 phase
@@ -120,11 +125,18 @@ PRESETS: dict[str, Config] = {
     "cpu": Config(student=_MLP, ce_lr=0.01, teacher_updates=60, teacher_lr=0.01, lr_grid=(0.005, 0.01, 0.02, 0.05, 0.1),
                   ce_lr_grid=(0.0025, 0.005, 0.01, 0.02, 0.05)),
     # the paper's CIFAR-10 setting on a GPU (needs the CIFAR-10 files): ResNet-20, SGD 0.1 momentum 0.9, wd 1e-4
-    "paper": Config(student=StudentConfig(model="resnet20", batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
+    "paper": Config(dataset="cifar10", student=StudentConfig(model="resnet20", batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4,
                                           pretrain_steps=1000, steps=64_000, schedule="step", eval_every=2000),
                     window=50, teacher_updates=400, teacher_lr=0.001, teacher_optimizer="adam", dev_read=2000,
                     deployments=5, keep_activations=False),
 }
+
+
+def load(cfg: Config, seed: int, device: str = "auto") -> Splits:
+    """The preset's data: `cfg.dataset` with its dev split (`dev_size`, carved by the stream seed/"split")."""
+    from . import data
+
+    return data.load(cfg.dataset, dev_size=cfg.dev_size, train_size=cfg.train_size, seed=seed, device=device)
 
 
 def for_model(cfg: Config, model: str) -> Config:
@@ -236,17 +248,14 @@ def _teacher_optimizer(teacher: DLFTeacher, cfg: Config) -> torch.optim.Optimize
 def _save(path: Path, teacher, opt, learner: _Learner, update: int, step: int, trace: Trace) -> None:
     engine.save_checkpoint(path, dict(
         config=trace.config, update=update, step=step, teacher=teacher.state_dict(), optimizer=opt.state_dict(),
-        trace=torch.frombuffer(bytearray(trace.to_bytes()), dtype=torch.uint8),
+        trace=checkpoint.trace_tensor(trace),
         learner=dict(index=learner.index, t=learner.t, params=learner.params, velocity=learner.velocity,
                      state=learner.state.values, run=learner.run.state_dict())))
 
 
 def _resume(path: Path, teacher, opt, splits: Splits, cfg: Config, seed: int) -> tuple[_Learner, int, int, Trace]:
     ck = engine.load_checkpoint(path, splits.device)
-    want = dict(_plain_config(cfg), method=METHOD, seed=seed, dataset=splits.name)
-    if engine._plain(ck["config"]) != engine._plain(want):
-        raise ValueError(f"{path} holds another teacher's training (config {ck['config']}): use another "
-                         f"checkpoint_dir or delete it")
+    checkpoint.check_same(ck["config"], dict(asdict(cfg), method=METHOD, seed=seed, dataset=splits.name), path)
     teacher.load_state_dict(ck["teacher"])
     opt.load_state_dict(ck["optimizer"])
     lk = ck["learner"]
@@ -255,7 +264,7 @@ def _resume(path: Path, teacher, opt, splits: Splits, cfg: Config, seed: int) ->
     state = StudentState(1, splits.num_classes, cfg.student.steps, device=splits.device)
     state.values = lk["state"]
     learner = _Learner(lk["index"], run, lk["params"], lk["velocity"], state, lk["t"])
-    return learner, ck["update"], ck["step"], Trace.from_bytes(ck["trace"].numpy().tobytes())
+    return learner, ck["update"], ck["step"], checkpoint.trace_from_tensor(ck["trace"])
 
 
 def train_teacher(splits: Splits, cfg: Config, seed: int, *, checkpoint_dir: str | Path | None = None,
@@ -274,7 +283,7 @@ def train_teacher(splits: Splits, cfg: Config, seed: int, *, checkpoint_dir: str
     seeding.check_seed("seed", seed)
     teacher = untrained_teacher(splits, cfg, seed)
     opt = _teacher_optimizer(teacher, cfg)
-    trace = Trace(config=dict(_plain_config(cfg), method=METHOD, seed=seed, dataset=splits.name))
+    trace = Trace(config=dict(asdict(cfg), method=METHOD, seed=seed, dataset=splits.name))
     path = Path(checkpoint_dir) / CHECKPOINT_FILE if checkpoint_dir is not None else None
     learner, start, step = None, 0, 0
     if path is not None and path.exists():
@@ -302,10 +311,6 @@ def train_teacher(splits: Splits, cfg: Config, seed: int, *, checkpoint_dir: str
     return teacher.eval(), trace
 
 
-def _plain_config(cfg: Config) -> dict:
-    out = asdict(cfg)
-    out["student"] = asdict(cfg.student)
-    return out
 
 
 # ---------------------------------------------------------------- deployment and the baselines
@@ -434,7 +439,7 @@ def best_lr(sweep: dict[float, float | None]) -> float:
 
 def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Splits, cfg: Config) -> dict:
     """The comparison as metrics.json and the report read it: test accuracy per method, paired against CE."""
-    values = {name: [t.metrics.get("test_acc") for t in traces] for name, traces in results.items()}
+    values = metric_values(results, "test_acc")
     c = cfg.student
     setting = (f"{c.pretrain_steps} CE steps, then {c.steps} steps (K = {cfg.window}, {cfg.teacher_updates} "
                f"teacher updates, gate {cfg.gate}, alpha {cfg.alpha})")

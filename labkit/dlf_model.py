@@ -12,6 +12,7 @@ from torch import nn
 
 from . import seeds as seeding
 from .checks import check_choice, check_float, check_int
+from .student import upcast
 
 SURROGATES = ("smooth_error", "expected_error")
 GATES = ("state", "progress", "static")
@@ -26,7 +27,7 @@ def dlf_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor, bias: tor
     [S, C]; y [B] or [S, B]. Row y of Φ weighs the log-probabilities of all classes for an example of class y.
     Returns [B] or [S, B]. With Φ = I and no bias this is −p_y / (1 + p_y), a monotone transform of CE.
     """
-    log_p = F.log_softmax(logits.float(), dim=-1)  # stable: never log(softmax)
+    log_p = F.log_softmax(upcast(logits), dim=-1)  # stable: never log(softmax)
     if phi.dim() == 2:
         rows, b = phi[y], (bias[y] if bias is not None else 0.0)
     else:
@@ -43,20 +44,20 @@ def student_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor, bias:
     out = dlf_loss(logits, y, phi, bias)
     if alpha == 0:
         return out
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1), reduction="none")
+    ce = F.cross_entropy(upcast(logits.reshape(-1, logits.shape[-1])), y.reshape(-1), reduction="none")
     return alpha * ce.view(y.shape) + (1 - alpha) * out
 
 
 def smooth_error(logits: torch.Tensor, y: torch.Tensor, k: float = 50.0) -> torch.Tensor:
     """The official demo's smooth 0/1 error: mean of 2σ(k·(max_j p_j − p_y)) − 1 ∈ [0, 1). logits [N, C]."""
-    p = F.softmax(logits.float(), dim=1)
+    p = F.softmax(upcast(logits), dim=1)
     margin = p.max(1).values - p.gather(1, y[:, None]).squeeze(1)
     return (2 * torch.sigmoid(k * margin) - 1).mean()
 
 
 def expected_error(logits: torch.Tensor, y: torch.Tensor, k: float = 50.0) -> torch.Tensor:
     """1 − expected accuracy, 1 − mean p_y (k is ignored; same signature as `smooth_error`)."""
-    return 1 - F.softmax(logits.float(), dim=1).gather(1, y[:, None]).mean()
+    return 1 - F.softmax(upcast(logits), dim=1).gather(1, y[:, None]).mean()
 
 
 def surrogate(name: str) -> Callable[..., torch.Tensor]:
@@ -85,7 +86,7 @@ class StudentState:
     @torch.no_grad()
     def observe(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         """Fold one training batch per member (logits [S, B, C], y [S, B]) into the recent loss and accuracy."""
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape).mean(1)
+        ce = F.cross_entropy(upcast(logits.flatten(0, 1)), y.flatten(), reduction="none").view(y.shape).mean(1)
         acc = (logits.argmax(-1) == y).float().mean(1)
         v, d = self.values, self.decay
         v[:, 1] = d * v[:, 1] + (1 - d) * (ce / math.log(self.num_classes)).clamp(max=3.0)
@@ -159,6 +160,10 @@ class DLFTeacher(nn.Module):
         phi = torch.einsum("sm,mij->sij", a, self.bank)
         bias = None if self.bias is None else self.bias.expand(len(state), -1)
         return phi, bias, a
+
+    def phi0(self) -> "np.ndarray":
+        """Φ_0 [C, C], the matrix before any update (the bank's start under the untrained gate's weights)."""
+        return self.start_bank.mean(0).detach().cpu().numpy()
 
     def at_start(self) -> "DLFTeacher":
         """A frozen copy of this teacher as it was before any update: Φ fixed at Φ_0 (the ablation that separates

@@ -17,7 +17,6 @@ Member i's streams (initial weights, batch order, augmentation, dropout) come fr
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,12 +25,13 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import checkpoint
 from . import seeds as seeding
 from .checks import check_int
 from .data import IndexStream, Splits, TextSplits, WindowStream, augment_batch, batchify
 from .population import Looped, Population, population
 from .student import PASSES, StudentConfig, cross_entropy, evaluate_text, predict
-from .trace import Trace, atomic_write_bytes
+from .trace import Trace
 
 CHECKPOINT_FILE = "engine.pt"
 
@@ -120,16 +120,12 @@ class Run:
         if given is not None:
             return given if isinstance(given, Population) else Looped([given.to(self.device)], self._example_dims())
         c = self.config
-        if self.text:
-            return population(c.model, None, self.splits.num_tokens, [self.stream_seed(i, "init") for i in
-                              range(len(self.seeds))], device=self.device, batched=False, **c.model_kwargs)
-        if c.schedule == "plateau":  # per-member learning rates need members of their own
-            return population(c.model, self.splits.in_shape, self.splits.num_classes,
-                              [self.stream_seed(i, "init") for i in range(len(self.seeds))], device=self.device,
-                              batched=False, **c.model_kwargs)
-        return population(c.model, self.splits.in_shape, self.splits.num_classes,
-                          [self.stream_seed(i, "init") for i in range(len(self.seeds))], device=self.device,
-                          **c.model_kwargs)
+        shape, classes = (None, self.splits.num_tokens) if self.text else (self.splits.in_shape,
+                                                                           self.splits.num_classes)
+        # per-member learning rates (plateau) need members of their own; text models loop anyway
+        batched = False if (self.text or c.schedule == "plateau") else None
+        return population(c.model, shape, classes, [self.stream_seed(i, "init") for i in range(len(self.seeds))],
+                          device=self.device, batched=batched, **c.model_kwargs)
 
     def _example_dims(self) -> int:
         return 0 if self.text else len(self.splits.in_shape)
@@ -358,15 +354,12 @@ class Run:
                     streams=[s.position for s in self.streams], losses=self.losses[:, :self.step].cpu(),
                     alive=list(self.alive), ended_at=list(self.ended_at), diverged_at=list(self.diverged_at),
                     first_loss=self.first_loss, bad_step=getattr(self, "_bad_step", None),
-                    traces=[torch.frombuffer(bytearray(t.to_bytes()), dtype=torch.uint8) for t in self.traces],
+                    traces=[checkpoint.trace_tensor(t) for t in self.traces],
                     hooks=self.hooks.state_dict())
 
     def load_state_dict(self, state: dict) -> None:
         mine = dict(config=asdict(self.config), seeds=list(self.seeds), role=list(self.role))
-        theirs = {k: state[k] for k in mine}
-        if _plain(theirs) != _plain(mine):
-            raise ValueError(f"the checkpoint holds another run ({theirs}); this run is {mine}: use another "
-                             f"checkpoint_dir or delete the checkpoint")
+        checkpoint.check_same({k: state[k] for k in mine}, mine, "the checkpoint")
         self.students.load_state_dict(state["students"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.lr_mult, self.best_dev = state["step"], list(state["lr_mult"]), list(state["best_dev"])
@@ -378,17 +371,8 @@ class Run:
         if state["bad_step"] is not None:
             self._bad_step = state["bad_step"].to(self.device)
             self.first_loss = self.first_loss.to(self.device)
-        self.traces = [Trace.from_bytes(t.numpy().tobytes()) for t in state["traces"]]
+        self.traces = [checkpoint.trace_from_tensor(t) for t in state["traces"]]
         self.hooks.load_state_dict(state["hooks"])
-
-
-def _plain(value):
-    """Tuples as lists, recursively: a config compares equal after a round trip through a checkpoint."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def reduce(per: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -405,16 +389,8 @@ def _has_dropout(module: nn.Module) -> bool:
                for m in module.modules())
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write a checkpoint atomically (a killed process leaves the old file or the whole new one)."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue(), sync=False)
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    """Read a checkpoint with `torch.load(weights_only=True)`: tensors, numbers, strings and containers only."""
-    return torch.load(path, map_location=device, weights_only=True)
+# checkpoints are written and read by labkit.checkpoint; these names stay for the methods' loops
+save_checkpoint, load_checkpoint = checkpoint.save, checkpoint.load
 
 
 # ---------------------------------------------------------------------- the loop

@@ -15,8 +15,6 @@ killed at any point is redone by the next `reproduce` and a completed one is nev
 """
 from __future__ import annotations
 
-import html
-import json
 import math
 import os
 import re
@@ -27,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from .papers import PAPERS, Reported, get as get_reported
+from .seeds import check_seeds
 from .trace import atomic_write_bytes, write_json
 
 PRESETS = ("smoke", "cpu", "paper")
@@ -277,22 +275,22 @@ def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: 
         return RunResult(stem, preset, seed, directory, "failed", time.perf_counter() - start, describe_error(exc))
 
 
-def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: int = 2, out: str | Path = "runs",
+def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: Sequence[int] = (0, 1), out: str | Path = "runs",
               notebook_dir: str | Path = NOTEBOOK_DIR, kernel: str = "python3", html: bool = True,
               log: Callable[[str], None] | None = None, progress: bool | None = None) -> Summary:
-    """Run each named notebook (all by default) for seeds 0..seeds-1; skip runs already complete.
+    """Run each named notebook (all by default) once per seed in `seeds` (each an independent repetition: its own
+    data split, teacher and deployment students); skip runs already complete.
 
     Returns a Summary; `summary.ok` is False when any run failed (its error cell is in `RunResult.error`).
     """
-    from .train import progress as progress_bar
+    from .engine import progress as progress_bar
 
     check_preset(preset)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
-        raise ValueError(f"seeds={seeds!r} is not allowed: give a whole number >= 1")
+    seeds = check_seeds("seeds", seeds)
     notebooks = resolve(names, discover(notebook_dir))
     if not notebooks:
         raise ValueError(f"no notebooks found in {notebook_dir}")
-    plan = [(nb, seed) for nb in notebooks for seed in range(seeds)]
+    plan = [(nb, seed) for nb in notebooks for seed in seeds]
     summary = Summary()
     bar = progress_bar(plan, total=len(plan), desc=f"reproduce ({preset})", enabled=progress)
     write = log or (lambda msg: bar.write(msg, file=sys.stderr))
@@ -315,208 +313,3 @@ def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: int = 2,
     counts = {s: sum(r.status == s for r in summary.results) for s in ("done", "skipped", "failed")}
     write(f"{len(plan)} runs: {counts['done']} done, {counts['skipped']} already complete, {counts['failed']} failed")
     return summary
-
-
-# ---------------------------------------------------------------- report
-
-@dataclass(frozen=True)
-class Comparison:
-    """A measured metrics.json key of a notebook that corresponds to a number a paper reports.
-
-    when: (key, value) pairs the run's metrics.json must hold for the row to apply (e.g. which student or
-      configuration the unprefixed headline keys describe).
-    convert: how the notebook's value becomes the paper's unit:
-      "pct" (fraction -> %), "pct_err_from_acc" (accuracy fraction -> % error), "same".
-    """
-    notebook: str   # the notebook's name after its number, e.g. "l2t_dlf_dynamic_loss"
-    key: str        # metrics.json key
-    paper: str
-    reported: str   # Reported.key in labkit.papers
-    convert: str = "pct"
-    when: tuple[tuple[str, object], ...] = ()
-
-    def applies(self, metrics: dict) -> bool:
-        return _number(metrics.get(self.key)) is not None and all(metrics.get(k) == v for k, v in self.when)
-
-
-def _dlf_comparisons() -> list[Comparison]:
-    """02 writes its first student's numbers unprefixed (with "student": name) and the others prefixed,
-    as % test error already (10.2 means 10.2 %)."""
-    students = {"mlp": "mnist_mlp", "lenet": "mnist_lenet", "resnet8": "cifar10_resnet8",
-                "resnet20": "cifar10_resnet20", "resnet32": "cifar10_resnet32"}
-    rows = []
-    for student, setting in students.items():
-        for method in ("ce", "dlf"):
-            reported = f"{setting}_{method}_test_err"
-            rows.append(Comparison("l2t_dlf_dynamic_loss", f"{method}_test_err_mean", "dlf", reported, "same",
-                                   when=(("student", student),)))
-            rows.append(Comparison("l2t_dlf_dynamic_loss", f"{student}_{method}_test_err_mean", "dlf", reported,
-                                   "same"))
-    return rows
-
-
-def _lot_comparisons() -> list[Comparison]:
-    """04 names configurations dataset_teacherdepth_studentdepth and writes accuracies as fractions; its headline configuration's numbers are
-    unprefixed (with "headline_config": name), the others prefixed by the name. Teacher-only is compared with
-    the paper's teacher-only model of the same depth."""
-    rows = []
-    for dataset in ("cifar10", "cifar100"):
-        for t, st in (("20", "20"), ("20", "56"), ("56", "20"), ("56", "56")):
-            config = f"{dataset}_{t}_{st}"
-            for method, reported in (("lot", f"{config}_lot_test_acc"),
-                                     ("teacher_only", f"{dataset}_{t}_{t}_teacher_only_test_acc")):
-                rows.append(Comparison("lot_learning_from_teaching", f"{method}_test_acc_mean", "lot", reported,
-                                       when=(("headline_config", config),)))
-                rows.append(Comparison("lot_learning_from_teaching", f"{config}_{method}_test_acc_mean", "lot",
-                                       reported))
-    return rows
-
-
-# Explicit and small; tolerant: rows whose notebook, key or condition is absent from the runs are left out, and
-# a notebook's other headline numbers are listed without a paper. The settings differ (budgets, models: see each
-# row's preset and the paper's setting); the gap says by how much.
-COMPARISONS: tuple[Comparison, ...] = (
-    # The tour trains the L2T/L2T-DLF MLP student with cross-entropy: the CE baseline of L2T-DLF's Table 1.
-    Comparison("tour", "test_acc", "dlf", "mnist_mlp_ce_test_err", "pct_err_from_acc"),
-    *_dlf_comparisons(),
-    *_lot_comparisons(),
-)
-_CONVERT = {"pct": lambda v: 100.0 * v, "pct_err_from_acc": lambda v: 100.0 * (1.0 - v), "same": lambda v: v}
-_IGNORED_KEYS = {"notebook", "preset", "seed", "seeds"}
-_QUALITY = re.compile(r"acc|err|loss|ppl|perplexity|kl")
-
-
-@dataclass
-class Row:
-    paper: str
-    notebook: str
-    preset: str
-    key: str
-    values: list[float]
-    unit: str = ""
-    reported: Reported | None = None
-
-    @property
-    def mean(self) -> float:
-        return sum(self.values) / len(self.values)
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation over seeds (0 for one seed)."""
-        n = len(self.values)
-        return math.sqrt(sum((v - self.mean) ** 2 for v in self.values) / (n - 1)) if n > 1 else 0.0
-
-    def cells(self) -> list[str]:
-        measured = f"{self.mean:.3g} ± {self.std:.2g} (n={len(self.values)})"
-        if self.reported is None:
-            return [self.paper or "—", self.notebook, self.preset, self.key, measured, "—", "—", "—", "—"]
-        r = self.reported
-        paper_value = f"{r.value}" + (f" ± {r.std}" if r.std is not None else "") + f" {r.unit}"
-        gap = self.mean - r.value
-        return [PAPERS[r.paper].split(",")[0] + f" ({r.paper})", self.notebook, self.preset, self.key,
-                f"{measured} {r.unit}", paper_value, r.provenance, r.setting, f"{gap:+.3g}"]
-
-
-HEADER = ["paper", "notebook", "preset (budget)", "metric", "measured: mean ± std over seeds",
-          "paper's number", "provenance", "paper's setting", "gap (measured − paper)"]
-
-
-def gather(out: str | Path) -> dict[tuple[str, str], list[dict]]:
-    """(notebook stem, preset) -> the metrics.json dicts of its complete runs, by seed."""
-    runs: dict[tuple[str, str], list[dict]] = {}
-    for metrics in sorted(Path(out).glob(f"*/*/seed-*/{METRICS_FILE}")):
-        directory = metrics.parent
-        stem, preset = directory.parent.parent.name, directory.parent.name
-        if not is_complete(directory, stem):
-            continue
-        runs.setdefault((stem, preset), []).append(json.loads(metrics.read_text()))
-    return runs
-
-
-def _number(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def rows(out: str | Path) -> list[Row]:
-    """One row per (notebook, preset, metric): mapped metrics beside the paper's number, then the
-    notebook's other headline numbers (`*_mean` keys, or every number when it has none)."""
-    table: list[Row] = []
-    for (stem, preset), runs in sorted(gather(out).items()):
-        name = short_name(stem)
-        mapped = [c for c in COMPARISONS if c.notebook == name and all(c.applies(m) for m in runs)]
-        # Prefer the "_mean" key over its single-seed twin when both map to the same paper number.
-        seen: set[str] = set()
-        for c in mapped:
-            if c.reported in seen:   # the unprefixed headline and its prefixed twin: show it once
-                continue
-            seen.add(c.reported)
-            reported = get_reported(c.paper, c.reported)
-            values = [_CONVERT[c.convert](_number(m[c.key])) for m in runs]
-            label = f"100·(1 − {c.key})" if c.convert == "pct_err_from_acc" else c.key
-            table.append(Row(c.paper, stem, preset, label, values, reported.unit, reported))
-        used = {c.key for c in mapped}
-        numeric = sorted({k for m in runs for k, v in m.items() if k not in _IGNORED_KEYS and _number(v) is not None})
-        # A notebook's headline numbers: its "<key>_mean" keys if it has any, else its quality measures.
-        headline = ([k for k in numeric if k.endswith("_mean")]
-                    or [k for k in numeric if _QUALITY.search(k) and not k.endswith("_std")])
-        for key in (k for k in headline if k not in used):
-            values = [_number(m.get(key)) for m in runs]
-            if all(v is not None for v in values):
-                table.append(Row("", stem, preset, key, values))
-    return table
-
-
-def _failures(out: str | Path) -> list[str]:
-    return sorted(str(p.relative_to(out)) for p in Path(out).glob(f"*/*/seed-*/*{FAILED_SUFFIX}"))
-
-
-def report_markdown(out: str | Path) -> str:
-    table = rows(out)
-    lines = ["# labkit reproductions", "",
-             f"Measured in `{out}` (mean ± sample std over seeds; n = number of seeds) beside the papers' numbers "
-             "from `labkit.papers` with their provenance. Budgets differ from the papers' unless the preset is "
-             "`paper`: read the gap with the preset.", ""]
-    if not table:
-        lines.append("No complete runs yet: run `labkit reproduce` first.")
-    else:
-        lines.append("| " + " | ".join(HEADER) + " |")
-        lines.append("|" + "---|" * len(HEADER))
-        for row in table:
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row.cells()) + " |")
-    failed = _failures(out)
-    if failed:
-        lines += ["", "Failed runs (executed notebook stopped at the error): " + ", ".join(failed)]
-    return "\n".join(lines) + "\n"
-
-
-def report_html(out: str | Path) -> str:
-    out = Path(out)
-    table = rows(out)
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in HEADER)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row.cells()) + "</tr>" for row in table)
-    pages = sorted(out.glob("*/*/seed-*/*.html"))
-    links = "".join(f'<li><a href="{esc(str(p.relative_to(out)))}">{esc(str(p.relative_to(out)))}</a></li>'
-                    for p in pages if not p.name.endswith(FAILED_SUFFIX))
-    failed = "".join(f"<li>{esc(f)}</li>" for f in _failures(out))
-    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>labkit reproductions</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f4f4f4}</style></head><body>"
-            "<h1>labkit reproductions</h1><p>Measured (mean ± sample std over seeds) beside the papers' numbers "
-            "with their provenance. Budgets differ from the papers' unless the preset is <code>paper</code>.</p>"
-            + (f"<table><tr>{head}</tr>{body}</table>" if table else "<p>No complete runs yet.</p>")
-            + (f"<h2>Failed runs</h2><ul>{failed}</ul>" if failed else "")
-            + f"<h2>Executed notebooks (open offline)</h2><ul>{links}</ul></body></html>\n")
-
-
-def report(out: str | Path = "runs") -> str:
-    """Write out/report.md and out/report.html; return the Markdown."""
-    out = Path(out)
-    if not out.is_dir():
-        raise ValueError(f"out={str(out)!r} is not a folder: run `labkit reproduce --out {out}` first")
-    text = report_markdown(out)
-    atomic_write_bytes(out / "report.md", text.encode())
-    atomic_write_bytes(out / "report.html", report_html(out).encode())
-    return text

@@ -96,9 +96,14 @@ class StudentConfig:
         return max(self.total_steps // 10, 1) if self.eval_every is None else self.eval_every
 
 
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """bfloat16 / float16 logits to float32 for a loss (float32 and float64 stay as they are)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example cross-entropy: logits [S, B, C], y [S, B] -> [S, B]."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(y.shape)
+    return F.cross_entropy(upcast(logits.flatten(0, 1)), y.flatten(), reduction="none").view(y.shape)
 
 
 @torch.no_grad()
@@ -108,7 +113,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.
     was_training = model.training
     model.eval()
     try:
-        outs = [model(chunk).float() for chunk in x.split(batch_size)]
+        outs = [upcast(model(chunk)) for chunk in x.split(batch_size)]
         PASSES.add(forward=len(x) * getattr(model, "size", 1))
         return torch.cat(outs, dim=outs[0].dim() - 2)  # [N, C] for a model, [S, N, C] for a population
     finally:
@@ -137,7 +142,7 @@ def evaluate_text(model: nn.Module, tokens: torch.Tensor, bptt: int, batch_size:
     total, count, state = 0.0, 0, None
     for x, y in bptt_windows(batchify(tokens, batch_size), bptt):
         logits, state = model(x, state)
-        total += F.cross_entropy(logits.reshape(y.numel(), -1).float(), y.reshape(-1), reduction="sum").item()
+        total += F.cross_entropy(upcast(logits.reshape(y.numel(), -1)), y.reshape(-1), reduction="sum").item()
         count += y.numel()
     model.train(was_training)
     return {"loss": total / count, "ppl": math.exp(total / count)}

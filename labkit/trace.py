@@ -177,3 +177,8 @@ class Trace:
         path = path if path.suffix == ".npz" else path / TRACE_FILE
         with np.load(path, allow_pickle=False) as z:
             return cls._from_npz(z)
+
+
+def metric_values(results: dict[str, list[Trace]], key: str) -> dict[str, list]:
+    """{method: [trace.metrics[key] per seed]} of a method comparison (None where a run diverged or lacks it)."""
+    return {name: [t.metrics.get(key) for t in traces] for name, traces in results.items()}

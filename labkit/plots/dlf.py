@@ -37,6 +37,17 @@ def phi_dynamics(phi: np.ndarray, phi0: np.ndarray) -> dict[str, float]:
                 diag_mean=float(np.diag(mean).mean()), moves=bool(dynamic > floor))
 
 
+def describe_dynamics(d: dict, phi0: np.ndarray) -> str:
+    """One sentence on a `phi_dynamics` result, in units of Φ_0's diagonal."""
+    scale = float(np.abs(np.diag(np.asarray(phi0))).mean()) or 1.0
+    pct = lambda v: f"{v:.3g} ({100 * v / scale:.2g} % of Φ_0's diagonal)"  # noqa: E731
+    moves = (f"Φ_t moves: its largest change of one entry over the run is {pct(d['dynamic_range'])}"
+             if d["moves"] else f"Φ_t does not move: every change over the run is below the float floor "
+                                f"{d['floor']:.2g}, so the scrubber shows \"no change\"")
+    return (f"{moves}; the run's mean Φ differs from Φ_0 by at most {pct(d['static_shift'])}, and Φ_t by at "
+            f"most {pct(d['largest_change'])}.")
+
+
 def phi_pair_changes(phi: np.ndarray, classes: Sequence[str], top: int = 5,
                      early: float = 0.1) -> dict[str, list[tuple[str, str, float]]]:
     """The off-diagonal entries of Φ whose value rises or falls most between the start and the end of a run.
