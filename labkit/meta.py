@@ -164,3 +164,31 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
             b.copy_(buffers[n])
     return (theta_bar, dict(zip(names, w_t)), dict(zip(names, v)), dev.item(),
             torch.stack(losses).tolist() if losses else [])
+
+
+# ---------------------------------------------------------------- learning to reweight (Ren et al., ICML 2018)
+
+def example_weight_grads(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, dev_x: torch.Tensor,
+                         dev_y: torch.Tensor, *, lr: float,
+                         per_example: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """∂/∂ε of the dev loss after one SGD step on the ε-weighted training loss, at ε = 0.
+
+    The look-ahead is w'(ε) = w − lr ∇_w Σ_i ε_i ℓ_i(w) and the objective L_dev(w'(ε)); at ε = 0, w' = w, so the
+    gradient is exactly −lr ⟨∇L_dev(w), ∇ℓ_i(w)⟩ for every example i: one dev gradient, then one forward-mode
+    product of the per-example losses along it (torch.func.jvp), instead of a double backward.
+    model: the architecture (a Population too: member slices never mix); params {name: tensor};
+    x [.., B, ...], y [.., B] the training batch; dev_x, dev_y a dev batch; per_example(logits, y) -> [.., B]
+    (the dev loss is its mean, summed over members). Returns [.., B].
+    """
+    check_float("lr", lr, 0, low_open=True)
+    detached = {n: p.detach() for n, p in params.items()}
+    with torch.enable_grad():
+        leaves = {n: p.requires_grad_() for n, p in ((n, p.clone()) for n, p in detached.items())}
+        dev_loss = per_example(functional_call(model, leaves, (dev_x,)), dev_y).mean(-1).sum()
+        dev_grads = torch.autograd.grad(dev_loss, list(leaves.values()))
+    PASSES.add(forward=dev_y.numel(), backward=dev_y.numel())
+    tangents = dict(zip(leaves, (g.detach() for g in dev_grads)))
+    _, directional = torch.func.jvp(lambda p: per_example(functional_call(model, p, (x,)), y), (detached,),
+                                    (tangents,))
+    PASSES.add(forward=2 * y.numel())  # a forward-mode pass costs about two forwards
+    return -lr * directional

@@ -55,10 +55,11 @@ def noisy_labels(splits: Splits, rate: float | None = None, *, kind: str = "symm
         raise ValueError(f"transition must be a [C, C] = [{C}, {C}] matrix of finite non-negative rows summing to 1")
     train = splits.train
     clean = train.y if train.clean_y is None else train.clean_y
-    y = train.y.clone().cpu()
+    before = train.y.cpu()
+    y = before.clone()
     gen = seeding.generator(seed, "noise")
-    for c in range(C):
-        idx = torch.nonzero(y == c).flatten()
+    for c in range(C):  # select by the labels before this scenario: a label just flipped to c is not flipped again
+        idx = torch.nonzero(before == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=gen)]
         off = T[c].clone()
         off[c] = 0

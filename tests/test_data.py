@@ -40,12 +40,12 @@ def test_train_size_keeps_the_first_examples(tiny_mnist_root):
 
 
 def test_unknown_dataset_lists_known_ones():
-    with pytest.raises(ValueError, match=r"name='imagenet'.*mnist, cifar10, cifar100, ptb"):
+    with pytest.raises(ValueError, match=r"name='imagenet'.*'mnist', 'cifar10', 'cifar100', 'ptb'"):
         data.load("imagenet")
 
 
 def test_dev_size_larger_than_training_set(tiny_mnist_root):
-    with pytest.raises(ValueError, match=r"dev_size=500 .*\[0, 199\]"):
+    with pytest.raises(ValueError, match=r"dev_size=500 .*\[1, 199\]"):
         data.load("mnist", root=tiny_mnist_root, dev_size=500)
 
 
@@ -102,18 +102,49 @@ def test_from_tensors():
         data.from_tensors(x, y[:50], dev_size=20, test=(x, y))
 
 
-def test_batches_are_permutations_and_resume_exactly():
-    stream = data.batches(10, 3, seed=0)
+def _digits():
+    """What a new user tries first: scikit-learn's digits shape (8x8 images, labels 0-9), made up here."""
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(200, 1, 8, 8, generator=g) * 16, torch.arange(200) % 10
+
+
+@pytest.mark.parametrize("bad_y,match", [(lambda y: y - 1, r"y holds labels in \[-1, 8\]"),
+                                         (lambda y: y.float() + 0.5, "non-integer"),
+                                         (lambda y: torch.where(y == 3, float("nan"), y.float()), "non-integer"),
+                                         (lambda y: [str(v) for v in y.tolist()], "y must be integer class labels"),
+                                         (lambda y: y.view(20, 10), r"shape \[N\]")])
+def test_from_tensors_refuses_bad_labels_by_name(bad_y, match):
+    x, y = _digits()
+    with pytest.raises(ValueError, match=match):
+        data.from_tensors(x, bad_y(y), dev_size=20, test=(x[:10], y[:10]))
+
+
+def test_from_tensors_refuses_nan_images_and_lenet_on_8x8():
+    from labkit import models
+
+    x, y = _digits()
+    x[5, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="x holds NaN or inf in 1 example"):
+        data.from_tensors(x, y, dev_size=20, test=(x[:10], y[:10]))
+    x, y = _digits()
+    splits = data.from_tensors(x, y, dev_size=20, test=(x[:10], y[:10]))
+    with pytest.raises(ValueError, match="in_shape=.*lenet.*16x16"):
+        models.build("lenet", splits.in_shape, splits.num_classes)
+    with pytest.raises(ValueError, match="test must be a pair"):
+        data.from_tensors(x, y, dev_size=20, test=x)
+
+
+def test_index_streams_are_permutations_and_resume_exactly():
+    stream = data.IndexStream(10, 3, seed=0)
     epoch = torch.cat([next(stream) for _ in range(3)])  # 3 batches per epoch, last partial batch dropped
     assert len(set(epoch.tolist())) == 9
-    full = [next(data.batches(100, 7, seed=5, start=0)) for _ in range(1)]
-    first_30 = data.batches(100, 7, seed=5)
+    first_30 = data.IndexStream(100, 7, seed=5)
     seen = [next(first_30) for _ in range(30)]
-    resumed = data.batches(100, 7, seed=5, start=20)
+    resumed = data.IndexStream(100, 7, seed=5, position=20)
     assert all(torch.equal(seen[20 + i], next(resumed)) for i in range(10))
-    assert torch.equal(full[0], seen[0])
+    assert not torch.equal(seen[0], next(data.IndexStream(100, 7, seed=6)))
     with pytest.raises(ValueError, match="batch_size=0"):
-        next(data.batches(10, 0, seed=0))
+        data.IndexStream(10, 0, seed=0)
 
 
 def test_augment_batch_crops_and_flips_on_device():
@@ -138,7 +169,7 @@ def test_ptb_loads_bundled_text():
     assert corpus.num_tokens == 10000  # 9999 word types + <eos>, per shared/data/MANIFEST.md
     assert (len(corpus.train), len(corpus.dev), len(corpus.test)) == (929589, 73760, 82430)
     stream = data.batchify(corpus.dev, 20)
-    x, y = next(data.bptt_windows(stream, 35))
+    x, y = data.bptt_windows(stream, 35)[0]
     assert x.shape == (35, 20) and torch.equal(x[1:], y[:-1])
 
 

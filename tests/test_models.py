@@ -40,8 +40,8 @@ def test_seeded_build_is_deterministic_and_leaves_global_rng():
     a, b = models.build("mlp", (1, 28, 28), 10, seed=3), models.build("mlp", (1, 28, 28), 10, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert torch.equal(state, torch.get_rng_state())
-    c, d = models.build("mlp", (1, 28, 28), 10), models.build("mlp", (1, 28, 28), 10)
-    assert not torch.equal(c.out.weight, d.out.weight)
+    c, d = models.build("mlp", (1, 28, 28), 10, seed=4), models.build("mlp", (1, 28, 28), 10)  # default seed 0
+    assert not torch.equal(c.out.weight, d.out.weight) and torch.equal(state, torch.get_rng_state())
 
 
 def test_lstm_lm_shapes():
