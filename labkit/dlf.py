@@ -33,7 +33,7 @@ from .checks import check_choice, check_float, check_int
 from .data import Splits
 from .dlf_model import (GATES, SURROGATES, DLFTeacher, StudentState, dlf_loss, expected_error,  # noqa: F401
                         smooth_error, student_loss, surrogate)
-from .student import StudentConfig, confusion, predict
+from .student import StudentConfig, predict
 from .trace import Trace, metric_values
 
 METHOD = "l2t-dlf"
@@ -351,11 +351,6 @@ class DLFHooks(engine.Hooks):
             phi, attention, s = self.last
             run.traces[0].log_array(step + 1, phi=phi, attention=attention, state=s)
 
-    def after_eval(self, run: engine.Run, step: int) -> None:
-        if self.record and run.alive[0]:
-            run.traces[0].log_array(step, confusion=confusion(run.students.member(0), run.splits.dev,
-                                                              self.num_classes))
-
     def state_dict(self) -> dict:
         return {"state": None if self.state is None else self.state.values}
 
@@ -370,7 +365,8 @@ def _train(splits: Splits, cfg: Config, seeds, teacher: DLFTeacher | None, stude
            record: bool, role=seeding.DEPLOY, progress_bar: bool | None = None) -> list[Trace]:
     single = isinstance(seeds, int)
     seeds = [seeds] if single else seeding.check_seeds("seeds", seeds)
-    run = engine.Run(splits, student, seeds, role=role, hooks=DLFHooks(teacher, splits, cfg, record))
+    run = engine.Run(splits, replace(student, record_confusion=record), seeds, role=role,
+                     hooks=DLFHooks(teacher, splits, cfg, record))
     traces = engine.train(run, progress_bar=progress_bar, desc=METHOD if teacher is not None else "ce")
     for t in traces:
         t.config["method"] = METHOD if teacher is not None else "ce"

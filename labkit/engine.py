@@ -1,19 +1,12 @@
 """The engine: THE student loop. Every student in the lab trains here.
 
-A `Run` trains a population of S students (S = len(seeds); one batched model where the architecture allows it,
-`labkit.population`) for `config.total_steps` steps: batches drawn on the device (index permutations, no
-DataLoader), augmentation when `splits.augment`, the optimizer and its schedule, evaluation every `eval_every`
-steps, the non-finite guard, a Trace per member, progress, and checkpoint/resume. A method plugs in through
-`Hooks` (minGPT's Trainer callbacks, CurML's small algorithm interface), not a framework:
-
-    select(run, step) -> Batch             the batch policy: which shown examples train, with what weight
-    objective(logits, batch, step) -> loss the training loss, per example [S, B] (or per member [S])
-    after_step(run, step, loss)            bookkeeping, a teacher update every K steps, LoT's student steps
-    after_eval(run, step)                  extra measurements, stopping a member (L2T's τ)
-
-Member i's streams (initial weights, batch order, augmentation, dropout) come from `seeds.derive(seeds[i], *role,
-...)`: the same seed and role give the same student in every method, and a teacher's training students (role
-"teach", ...) share no stream with its deployment students (role "deploy"). `fit` is this loop with cross-entropy.
+A `Run` trains S students (one per seed; one batched model where the architecture allows it, `labkit.population`)
+for `config.total_steps` steps: batches drawn on the device, augmentation when `splits.augment`, the optimizer and
+its schedule, evaluations, the non-finite guard, a Trace per member, checkpoint/resume. A method plugs in through
+`Hooks` (as minGPT's Trainer callbacks; CurML's small algorithm interface): `select` (the batch policy),
+`objective` (the loss, per example [S, B] or per member [S]), `after_step`, `after_eval`. Member i's streams come
+from `seeds.derive(seeds[i], *role, ...)`: the same seed and role give the same student in every method, and a
+teacher's training students (role "teach") share no stream with deployment students ("deploy").
 """
 from __future__ import annotations
 
@@ -30,7 +23,7 @@ from . import seeds as seeding
 from .checks import check_int
 from .data import IndexStream, Splits, TextSplits, WindowStream, augment_batch, batchify
 from .population import Looped, Population, population
-from .student import PASSES, StudentConfig, cross_entropy, evaluate_text, predict
+from .student import PASSES, StudentConfig, confusion, cross_entropy, evaluate_text, predict
 from .trace import Trace
 
 CHECKPOINT_FILE = "engine.pt"
@@ -318,7 +311,13 @@ class Run:
                 if dev >= self.best_dev[i]:
                     self.lr_mult[i] *= 0.25
                 self.best_dev[i] = min(self.best_dev[i], dev)
+        self._record_confusion()
         self.hooks.after_eval(self, self.step)
+
+    def _record_confusion(self) -> None:
+        if self.config.record_confusion and self.alive[0] and not self.text:
+            self.traces[0].log_array(self.step, confusion=confusion(self.students.member(0), self.splits.dev,
+                                                                    self.splits.num_classes))
 
     def _final_metrics(self, members: list[int]) -> None:
         dev, test = self.measure("dev"), self.measure("test")
@@ -337,6 +336,7 @@ class Run:
         self.check_guard()
         live = [i for i, a in enumerate(self.alive) if a]
         if live:
+            self._record_confusion()
             self._final_metrics(live)
         losses = self.losses.cpu()
         for i, tr in enumerate(self.traces):

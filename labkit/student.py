@@ -26,7 +26,8 @@ class StudentConfig:
       at an evaluation; members looped, not stacked).
     clip: gradient-norm clipping per member (None: off). bptt: window length of a text stream.
     eval_every: steps between evaluations (None: 10 per run; 0: only the final one); eval_size: dev (and, with
-      eval_test, test) examples each periodic evaluation reads (None: all; the final one always reads all).
+      eval_test, test) examples each periodic evaluation reads (None: all; the final one always reads all);
+      record_confusion: member 0's dev confusion matrix [C, C] at every evaluation (array "confusion").
     diverge_factor: a member whose training loss is not finite, or exceeds diverge_factor x max(1, |first loss|),
       stops at that step and is reported as diverged.
     """
@@ -49,6 +50,7 @@ class StudentConfig:
     eval_every: int | None = None
     eval_size: int | None = None
     eval_test: bool = False
+    record_confusion: bool = False
     diverge_factor: float = 100.0
     bf16: bool = False
 
@@ -176,3 +178,11 @@ class counting:
     def __exit__(self, *exc) -> None:
         self.result.forward = PASSES.forward - self._start[0]
         self.result.backward = PASSES.backward - self._start[1]
+
+
+# The tour's student (notebook 00): the MNIST MLP 784-500-10 with SGD, momentum and a cosine schedule.
+PRESETS = {
+    "smoke": StudentConfig(model="mlp", steps=300, batch_size=128, lr=0.1, momentum=0.9, schedule="cosine"),
+    "cpu": StudentConfig(model="mlp", steps=6000, batch_size=128, lr=0.1, momentum=0.9, schedule="cosine"),
+    "paper": StudentConfig(model="mlp", steps=20_000, batch_size=128, lr=0.1, momentum=0.9, schedule="cosine"),
+}
