@@ -40,7 +40,8 @@ def pooled(runs: list[dict]) -> dict[str, dict]:
         methods = [k for k in first["methods"] if all(k in e["methods"] for e in exps)]
         values = {k: [v for e in exps for v in e["methods"][k]["values"]] for k in methods}
         seeds = [s for e in exps for s in e["seeds"]]
-        summary = stats.summarize(values, seeds, baseline=first["baseline"], higher_is_better=first["higher_is_better"])
+        summary = stats.summarize(values, seeds, baseline=first["baseline"], higher_is_better=first["higher_is_better"],
+                                  missing=first.get("missing", "diverged"))
         out[name] = dict(first, **summary, runs=len(exps))
     return out
 
@@ -57,7 +58,8 @@ def experiment_rows(stem: str, preset: str, name: str, exp: dict) -> list[list[s
     rows = []
     for method, m in exp["methods"].items():
         est = stats.Estimate(**m["estimate"])
-        measured = est.format(digits, scale, unit) + (f", {exp['runs']} runs" if exp["runs"] > 1 else "")
+        measured = est.format(digits, scale, unit, exp.get("missing", "diverged")) + \
+            (f", {exp['runs']} runs" if exp["runs"] > 1 else "")
         if m["paired"] is None:
             diff = "(baseline)"
         else:

@@ -48,13 +48,13 @@ class Estimate:
     def excludes_zero(self) -> bool:
         return self.n >= 2 and (self.low > 0 or self.high < 0)
 
-    def format(self, digits: int = 2, scale: float = 1.0, unit: str = "") -> str:
-        """'97.61 ± 0.12 % (n = 8)'; with n = 1, no interval is claimed."""
+    def format(self, digits: int = 2, scale: float = 1.0, unit: str = "", missing: str = "diverged") -> str:
+        """'97.61 ± 0.12 % (n = 8)'; with n = 1, no interval is claimed; left-out values are counted as `missing`."""
         if self.n == 0:
-            return "no value" + (f" ({self.excluded} diverged)" if self.excluded else "")
+            return "no value" + (f" ({self.excluded} {missing})" if self.excluded else "")
         m = f"{self.mean * scale:.{digits}f}"
         body = m if self.n < 2 else f"{m} ± {self.half_width * scale:.{digits}f}"
-        extra = f", {self.excluded} diverged" if self.excluded else ""
+        extra = f", {self.excluded} {missing}" if self.excluded else ""
         return f"{body}{unit} (n = {self.n}{extra})"
 
     def as_dict(self) -> dict:
@@ -138,10 +138,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def summarize(values: dict[str, Sequence[float | None]], seeds: Sequence[int], *, baseline: str,
-              higher_is_better: bool = True) -> dict:
+              higher_is_better: bool = True, missing: str = "diverged") -> dict:
     """The comparison every notebook and the report read: per method its per-seed values, their estimate and
     (for every method but the baseline) the paired difference to the baseline. values: method -> one value per
-    seed (None: diverged or not measured)."""
+    seed (None: no value, for the reason `missing` names: "diverged", "not reached", ...)."""
     if baseline not in values:
         raise ValueError(f"baseline={baseline!r} is not one of the methods {list(values)}")
     for name, v in values.items():
@@ -151,7 +151,8 @@ def summarize(values: dict[str, Sequence[float | None]], seeds: Sequence[int], *
     methods = {name: dict(values=list(v), estimate=estimate(v).as_dict(),
                           paired=None if name == baseline else paired(v, base, higher_is_better=higher_is_better).as_dict())
                for name, v in values.items()}
-    return dict(baseline=baseline, higher_is_better=higher_is_better, seeds=list(seeds), methods=methods)
+    return dict(baseline=baseline, higher_is_better=higher_is_better, seeds=list(seeds), methods=methods,
+                missing=missing)
 
 
 def _estimate(d: dict) -> Estimate:
@@ -162,9 +163,9 @@ def table(summary: dict, *, scale: float = 100.0, unit: str = " %", digits: int 
           diff_unit: str = " points") -> str:
     """A Markdown table of a `summarize` result: mean ± 95 % interval per method, the paired difference to the
     baseline and the seeds it wins."""
-    rows = []
+    rows, missing = [], summary.get("missing", "diverged")
     for name, m in summary["methods"].items():
-        est = _estimate(m["estimate"]).format(digits, scale, unit)
+        est = _estimate(m["estimate"]).format(digits, scale, unit, missing)
         if m["paired"] is None:
             rows.append([name, est, "(baseline)", ""])
             continue
