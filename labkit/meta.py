@@ -105,8 +105,21 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
         return (grads, {n: p.detach() for n, p in w_k.items()}, {n: v.detach() for n, v in v_k.items()},
                 dev.item(), losses)
 
-    # snapshot mode: forward without a graph, keeping w_t. w_t is never written in place (each snapshot is the
-    # step's own tensors, no copy); v is our own copy, updated in place (the reverse sweep does not read v_t)
+    w_t, v, snapshots, kept, losses = _forward_sweep(model, params, batches, loss_fn, lr, momentum, velocity,
+                                                     keep_activations, weight_decay)
+    w_final = [p.detach().requires_grad_() for p in w_t]
+    dev = dev_fn(dict(zip(names, w_final)))
+    theta_bar = _reverse_sweep(model, names, batches, loss_fn, meta_params, snapshots, kept,
+                               _flat_grads(dev, w_final), lr, momentum, weight_decay)
+    return (theta_bar, dict(zip(names, w_t)), dict(zip(names, v)), dev.item(),
+            torch.stack(losses).tolist() if losses else [])
+
+
+def _forward_sweep(model, params, batches, loss_fn, lr, momentum, velocity, keep_activations, weight_decay):
+    """Snapshot mode's forward: the K steps without a graph, keeping w_t. w_t is never written in place (each
+    snapshot is the step's own tensors, no copy); v is our own copy, updated in place (the reverse sweep does not
+    read v_t). With keep_activations each step's forward graph is kept too."""
+    names = list(params)
     w_t = [params[n].detach() for n in names]
     v = ([velocity[n].detach().clone() for n in names] if velocity is not None
          else [torch.zeros_like(p) for p in w_t])
@@ -127,10 +140,12 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
                 torch._foreach_add_(v, w_t, alpha=weight_decay)
             w_t = torch._foreach_add(w_t, v, alpha=-lr)
         losses.append(loss.detach())  # as in unroll_sgd: read once at the end
-    w_final = [p.detach().requires_grad_() for p in w_t]
-    dev = dev_fn(dict(zip(names, w_final)))
-    w_bar = _flat_grads(dev, w_final)
-    # the reverse sweep recomputes each step's forward; BatchNorm would update its running buffers a second time
+    return w_t, v, snapshots, kept, losses
+
+
+def _reverse_sweep(model, names, batches, loss_fn, meta_params, snapshots, kept, w_bar, lr, momentum, weight_decay):
+    """Snapshot mode's reverse sweep: one vector-Jacobian product per step, from the last step to the first."""
+    # the sweep recomputes each step's forward; BatchNorm would update its running buffers a second time
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     theta_bar = [torch.zeros_like(t) for t in meta_params]
     g_bar: list[torch.Tensor] = []
@@ -162,8 +177,7 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     with torch.no_grad():
         for n, b in model.named_buffers():
             b.copy_(buffers[n])
-    return (theta_bar, dict(zip(names, w_t)), dict(zip(names, v)), dev.item(),
-            torch.stack(losses).tolist() if losses else [])
+    return theta_bar
 
 
 # ---------------------------------------------------------------- learning to reweight (Ren et al., ICML 2018)

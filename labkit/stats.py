@@ -46,7 +46,14 @@ class Estimate:
         return self.mean + self.half_width
 
     def excludes_zero(self) -> bool:
-        return self.n >= 2 and (self.low > 0 or self.high < 0)
+        """The interval lies on one side of 0. With no spread at all (identical values) the t-interval has width 0
+        and says nothing about the noise: then only a sign shared by at least 6 values counts (a two-sided sign
+        test's p < 0.05)."""
+        if self.n < 2:
+            return False
+        if self.std == 0:
+            return self.n >= 6 and self.mean != 0
+        return self.low > 0 or self.high < 0
 
     def format(self, digits: int = 2, scale: float = 1.0, unit: str = "", missing: str = "diverged") -> str:
         """'97.61 ± 0.12 % (n = 8)'; with n = 1, no interval is claimed; left-out values are counted as `missing`."""

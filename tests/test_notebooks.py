@@ -5,13 +5,12 @@ Notebooks are discovered, so a new one is covered without editing this file.
 from __future__ import annotations
 
 import json
-import math
-import os
 
 import nbformat
 import pytest
 
 from conftest import REPO
+from labkit.repro import check_metrics
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
 
@@ -34,7 +33,7 @@ def test_notebook_is_committed_clean(path):
 
 
 # optional cells that the smoke run also goes through (cheap at smoke size)
-EXTRA_PARAMETERS = {"02_l2t_dlf_dynamic_loss": dict(tune=True)}
+EXTRA_PARAMETERS = {"02_l2t_dlf_dynamic_loss": dict(tune=True, lenet=True)}
 
 
 @pytest.mark.notebook
@@ -50,6 +49,6 @@ def test_notebook_runs_with_smoke_preset(path, tmp_path, monkeypatch):
                         progress_bar=False)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["notebook"] == path.stem and metrics["preset"] == "smoke" and metrics["seed"] == 0
-    numbers = [v for v in metrics.values() if isinstance(v, float)]
-    assert numbers and all(math.isfinite(v) for v in numbers)
+    check_metrics(metrics)  # every experiment: one value per seed, None or a finite number in the metric's range
+    assert metrics["experiments"] and all(e["methods"] for e in metrics["experiments"].values())
     assert (out_dir / "trace.npz").is_file()
