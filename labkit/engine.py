@@ -183,7 +183,8 @@ class Run:
             if _has_dropout(self.students):
                 kwargs["dropout_seeds"] = [self.stream_seed(i, "dropout", self.step) for i in range(len(self.seeds))]
         self.students.train()
-        PASSES.add(forward=self._examples(x))
+        self._last_examples = self._examples(x)  # counted as backward passes by the `update` that follows
+        PASSES.add(forward=self._last_examples)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
             return self.students(x, **kwargs)
 
@@ -215,7 +216,6 @@ class Run:
         t = self.step
         batch = self.hooks.select(self, t)
         logits = self.forward(batch.x, batch.restart)
-        self._last_examples = self._examples(batch.x)
         per = cross_entropy(logits, batch.y) if t < self.config.pretrain_steps else \
             self.hooks.objective(logits, batch, t)
         loss = reduce(per, batch.weight)

@@ -1,541 +1,451 @@
-"""LoT: Learning from Teaching regularization (Jin & Che et al., arXiv 2402.02769 v1, 2024).
+"""LoT: Learning from Teaching regularization (Jin & Che et al., arXiv 2402.02769 v1, 2024), on the engine.
 
-The hypothesis: correlations that generalise are easy to imitate; spurious ones are not. So the model we
-deploy (the *teacher*) is trained on its task loss plus alpha times how badly *students* imitate it:
+The deployed model (the paper's "teacher", trained as `cfg.student` says) learns its task plus α times how badly K
+imitators ("students") imitate it (generalisable correlations should be easy to imitate); no meta-gradient:
+    teacher:     CE(t, y) + α · mean_k KL_T(s_k.detach() ‖ t)
+    imitator k:  CE(s_k, y) + α_s · KL_T(t.detach() ‖ s_k)   ("kl_ce", official default; "kl": the KL alone)
+KL_T(q ‖ p) = T² · KL(softmax(q/T) ‖ softmax(p/T)), row mean (official `kl_div_logits`); α_s: student_alpha|α.
+Per teacher step, as the official trainers: a joint step (the imitators' forward on the teacher's batch runs in the
+teacher's objective, which steps against their pre-step logits; they step on those and its detached logits), then
+N − 1 imitator steps on each imitator's own stream, with targets from the teacher in eval mode (ours: no dropout,
+BatchNorm and recurrent state untouched, so at α = 0 the teacher is bit for bit the teacher-only model).
 
-    teacher:     CE(t, y) + alpha * mean_i KL_T(s_i.detach() || t)        (no meta-gradient: students are detached)
-    student i:   CE(s_i, y) + alpha * KL_T(t.detach() || s_i)             (loss="kl_ce", the official default)
-                 KL_T(t.detach() || s_i)                                    (loss="kl")
-
-where KL_T(q || p) = T^2 * KL(softmax(q/T) || softmax(p/T)), batch mean (the official `kl_div_logits`).
-
-Step structure, as in the official code (`trainer/image_classification.py`, `trainer/lstm_ptb.py`):
-one *joint* step (teacher and every student forward on the same fresh batch; the teacher steps on its loss,
-each student steps on its loss with the teacher detached), then N-1 student-only steps per student, each on
-the next batch of that student's own shuffled stream (for text: the next window of its own walk through the
-training stream) with the teacher's targets computed without gradient. So each teacher step is followed by
-N student steps, and a LoT step costs about (1 + N) plain steps (measured in `benchmarks/bench_lot.py`).
-
-Choices that are ours (the official code differs or is silent), each for a reason:
-- Teacher targets in the N-1 extra steps come from the teacher in eval mode: its BatchNorm statistics and
-  dropout stream are then untouched by its imitators, so with alpha = 0 the teacher is *exactly* the
-  teacher-only model (bit for bit on the CPU; `tests/test_lot.py` checks it).
-- Students draw dropout noise from their own seeded RNG stream, for the same reason.
-- The students' learning-rate schedule runs over their own N * steps steps (the official code, before commit
-  a865b5c, stepped the teacher's scheduler twice and never decayed the students').
-- Imitability of the teacher-only baseline (`train_teacher_only(..., num_students=K)`): students imitate the
-  *co-evolving* teacher-only model exactly as LoT's students imitate the LoT teacher (same N, T, loss, weight,
-  seeds, batches); they simply do not feed back (teacher alpha = 0). This measures both teachers with the
-  same protocol as the paper's Figure 1 (students trained in the loop), and the only difference left is
-  the feedback.
-- Reported accuracies are the final-step test numbers (no best-epoch selection on the test set).
-
-Public API: `kl_div_logits`, `train_lot`, `train_teacher_only` (vision, `Splits`), `train_lot_lm`,
-`train_teacher_only_lm` (language modelling, `TextSplits`), each returning a `LoTResult(teacher, students, trace)`.
-Trace scalars: "teacher_loss" (the objective it minimises), "teacher_ce", "teacher_kl" (per step);
-"student_loss/<i>", "kl_batch/<i>" (per step, mean over the student's N steps, on its training batches);
-"kl_train/<i>", "kl_test/<i>" (imitation KL at temperature T on fixed probe sets of training and test data,
-eval mode, at each evaluation); "test_acc" or "test_ppl" (the teacher, at each evaluation); "lr".
+Runs: the deployed models of S seeds are one engine Run (role `base`: (DEPLOY,) in `compare`, (TEACH, "lot") in
+`train_teacher`, (TUNE, "lot") in `sweep`); imitator k of every seed another Run, role (*base, "lot-student", k);
+`deploy`'s imitators: (DEPLOY, "lot-imitator"). The teacher-only control keeps co-evolving imitators that never feed
+back. A checkpoint (the teacher Run's; its hooks hold the imitators) per evaluation: LoT's window. Vision reports
+final-step test numbers (the official code: the best test epoch); text the test perplexity of the best-dev model.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Splits, TextSplits, check_int, augment_batch, batches, batchify
-from .models import build
-from .trace import Trace
-from .train import evaluate, make_schedule, predict, progress, seed_everything
+from . import data, engine, repro, stats
+from . import seeds as seeding
+from .checks import check_choice, check_float, check_int
+from .data import Splits, TextSplits, batchify, bptt_windows
+from .models import KNOWN_MODELS
+from .population import Population
+from .student import PASSES, SCHEDULES, StudentConfig, cross_entropy, evaluate_text, predict, upcast
+from .trace import Trace, metric_values
 
-LOSSES = ("kl_ce", "kl")
-
-
-# ---------------------------------------------------------------------------------------------- the KL term
-
-def kl_div_logits(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(q/T) || softmax(p/T)), mean over rows; the gradient flows into `p_logits` only
-    if `q_logits` is detached by the caller. p, q: [..., C] (leading dims are flattened into rows)."""
-    p = F.log_softmax(p_logits.reshape(-1, p_logits.shape[-1]) / temperature, dim=-1)
-    q = F.log_softmax(q_logits.reshape(-1, q_logits.shape[-1]) / temperature, dim=-1)
-    return F.kl_div(p, q, reduction="batchmean", log_target=True) * temperature ** 2
+LOT, CONTROL, LONG = "lot", "teacher-only", "teacher-only (equal compute)"  # papers.matching's method names
 
 
-def check_params(*, alpha: float, student_steps: int, temperature: float, num_students: int, loss: str,
-                 student_alpha: float | None = None, allow_zero_students: bool = False) -> None:
-    """Raise ValueError naming the bad parameter (alpha < 0, N < 1, T <= 0, no students, unknown loss)."""
-    for name, value in (("alpha", alpha), ("student_alpha", student_alpha)):
-        if value is None and name == "student_alpha":
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name}={value!r} is not allowed: it must be a finite number >= 0")
-    check_int("student_steps", student_steps, 1)
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) \
-            or temperature <= 0:
-        raise ValueError(f"temperature={temperature!r} is not allowed: it must be a finite number > 0")
-    if isinstance(num_students, int) and not isinstance(num_students, bool) and num_students == 0 \
-            and not allow_zero_students:
-        raise ValueError("num_students=0 is not allowed: LoT needs at least one student (an integer >= 1); "
-                         "for the teacher-only baseline call train_teacher_only")
-    check_int("num_students", num_students, 0 if allow_zero_students else 1)
-    if loss not in LOSSES:
-        raise ValueError(f"loss={loss!r} is not allowed: choose one of {', '.join(LOSSES)}")
+def kl_per_member(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(q/T) ‖ softmax(p/T)) averaged over rows, per member: p, q [M, R, C] -> [M]. The gradient
+    flows into p (and into q unless the caller detaches it). Half precision is computed in float32."""
+    lp, lq = (F.log_softmax(upcast(t) / temperature, -1) for t in (p_logits, q_logits))
+    return F.kl_div(lp, lq, reduction="none", log_target=True).sum(-1).mean(-1) * temperature ** 2
 
 
-@dataclass
-class LoTResult:
-    """The deployed model (`teacher`), its `students` (empty for a plain teacher-only run) and the `trace`."""
-
-    teacher: nn.Module
-    students: list[nn.Module] = field(default_factory=list)
-    trace: Trace = field(default_factory=Trace)
-
-
-class _RngSlot:
-    """A private, seeded torch RNG stream (CPU and the current CUDA device). Code inside `with slot:` draws
-    its dropout noise from it and leaves the caller's stream exactly as it was."""
-
-    def __init__(self, seed: int, device: torch.device):
-        self.cuda = device.type == "cuda"
-        with torch.random.fork_rng(devices=[device] if self.cuda else []):
-            torch.manual_seed(seed)
-            self.state = (torch.get_rng_state(), torch.cuda.get_rng_state(device) if self.cuda else None)
-        self.device = device
-
-    def __enter__(self):
-        self.outer = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None)
-        torch.set_rng_state(self.state[0])
-        if self.cuda:
-            torch.cuda.set_rng_state(self.state[1], self.device)
-
-    def __exit__(self, *exc):
-        self.state = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None)
-        torch.set_rng_state(self.outer[0])
-        if self.cuda:
-            torch.cuda.set_rng_state(self.outer[1], self.device)
-
-
-def _rng_slot(model: nn.Module, seed: int, device: torch.device):
-    """A private RNG stream for a model that draws random numbers in its forward (dropout); none otherwise
-    (swapping RNG states every step costs time for nothing)."""
-    random = any((isinstance(m, nn.Dropout) and m.p > 0) or (isinstance(m, nn.RNNBase) and m.dropout > 0)
-                 for m in model.modules())
-    return _RngSlot(seed, device) if random else contextlib.nullcontext()
-
-
-def _sgd(model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool):
-    if lr <= 0:
-        raise ValueError(f"lr={lr!r} is not allowed: it must be > 0")
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
-                           nesterov=nesterov and momentum > 0)
-
-
-def _sgd_step(model: nn.Module, opt, sched, objective: torch.Tensor, clip: float | None = None) -> None:
-    """One optimiser step on `objective` (gradient norm clipped to `clip` if given), then one schedule step."""
-    opt.zero_grad(set_to_none=True)
-    objective.backward()
-    if clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-    sched.step()
-
-
-class _PerStep:
-    """What a run records at every teacher step, kept on the device until the run ends (no sync per step):
-    the teacher's objective, CE and imitability KL [steps]; each student's objective and imitation KL
-    [num_students, steps], averaged over its N steps within that teacher step."""
-
-    def __init__(self, steps: int, num_students: int, student_steps: int, device: torch.device):
-        self.t_loss, self.t_ce, self.t_kl = (torch.zeros(steps, device=device) for _ in range(3))
-        self.s_loss = torch.zeros(num_students, steps, device=device)
-        self.s_kl = torch.zeros(num_students, steps, device=device)
-        self.student_steps = student_steps
-
-    def student(self, i: int, step: int, objective: torch.Tensor, kl: torch.Tensor) -> None:
-        self.s_loss[i, step] += objective.detach() / self.student_steps
-        self.s_kl[i, step] += kl.detach() / self.student_steps
-
-
-def _student_objective(s_logits, t_logits, y_loss, loss: str, weight: float, temperature: float):
-    """(loss to minimise, its KL part) for one student step; t_logits is already detached."""
-    kl = kl_div_logits(s_logits, t_logits, temperature)
-    if loss == "kl":
-        return kl, kl
-    return y_loss + weight * kl, kl
-
-
-# ---------------------------------------------------------------------------------------------- vision
-
-def train_lot(splits: Splits, *, model: str = "mlp", student_model: str | None = None, num_students: int = 1,
-              alpha: float = 0.5, student_steps: int = 2, temperature: float = 1.5, loss: str = "kl_ce",
-              student_alpha: float | None = None, steps: int = 1000, batch_size: int = 128, lr: float = 0.1,
-              student_lr: float | None = None, momentum: float = 0.9, weight_decay: float = 0.0,
-              nesterov: bool = False, schedule: str = "cosine", seed: int = 0, eval_every: int | None = None,
-              probe_size: int = 2000, model_kwargs: dict | None = None,
-              progress_bar: bool | None = None) -> LoTResult:
-    """Train a LoT teacher (the deployed model) with `num_students` students on `splits.train`.
-
-    model / student_model: names for `labkit.models.build` (student_model defaults to model; e.g.
-    "preresnet20" / "preresnet56" for the v1 depth pairs). alpha: weight of the teacher's imitability
-    regulariser; student_alpha: weight of the students' KL in "kl_ce" (default alpha, as in the official code).
-    student_steps: N, student steps per teacher step. temperature: T. steps: teacher steps.
-    Optimiser (teacher and students alike): SGD(lr, momentum, weight_decay, nesterov) with `schedule` over
-    the model's own number of steps. eval_every: teacher steps between evaluations (default: 10 per run;
-    0: only at the end). probe_size: examples of train and of test on which imitation KL is measured.
-    Seeds: teacher weights and batch order `seed`; student i weights seed + 1 + i, its own batch order.
-    """
-    check_params(alpha=alpha, student_steps=student_steps, temperature=temperature, num_students=num_students,
-                 loss=loss, student_alpha=student_alpha)
-    return _run_vision(splits, model, student_model or model, num_students, alpha,
-                       alpha if student_alpha is None else student_alpha, student_steps, temperature, loss,
-                       steps, batch_size, lr, student_lr or lr, momentum, weight_decay, nesterov, schedule, seed,
-                       eval_every, probe_size, model_kwargs or {}, progress_bar, method="lot")
-
-
-def train_teacher_only(splits: Splits, *, model: str = "mlp", student_model: str | None = None,
-                       num_students: int = 0, student_alpha: float = 0.5, student_steps: int = 2,
-                       temperature: float = 1.5, loss: str = "kl_ce", steps: int = 1000, batch_size: int = 128,
-                       lr: float = 0.1, student_lr: float | None = None, momentum: float = 0.9,
-                       weight_decay: float = 0.0, nesterov: bool = False, schedule: str = "cosine", seed: int = 0,
-                       eval_every: int | None = None, probe_size: int = 2000, model_kwargs: dict | None = None,
-                       progress_bar: bool | None = None) -> LoTResult:
-    """The teacher-only baseline: same architecture, optimiser, schedule, batch order and seeds as
-    `train_lot`, trained on its task loss alone (alpha = 0).
-
-    num_students = 0: a plain run. num_students = K > 0: K students also imitate the co-evolving teacher-only
-    model exactly as LoT's students do (weight `student_alpha`, N = student_steps, T, loss), without feeding
-    back; the teacher is then bit-for-bit the plain run's, and the students measure its imitability.
-    """
-    check_params(alpha=0.0, student_steps=student_steps, temperature=temperature, num_students=num_students,
-                 loss=loss, student_alpha=student_alpha, allow_zero_students=True)
-    return _run_vision(splits, model, student_model or model, num_students, 0.0, student_alpha, student_steps,
-                       temperature, loss, steps, batch_size, lr, student_lr or lr, momentum, weight_decay, nesterov,
-                       schedule, seed, eval_every, probe_size, model_kwargs or {}, progress_bar,
-                       method="teacher_only")
-
-
-def _probe_kls(teacher: nn.Module, students: list[nn.Module], x: torch.Tensor, temperature: float) -> list[float]:
-    """Imitation KL of each student on inputs x [P, ...], both models in eval mode."""
-    t = predict(teacher, x)
-    return [kl_div_logits(predict(s, x), t, temperature).item() for s in students]
-
-
-def _run_vision(splits, model, student_model, num_students, alpha, student_alpha, student_steps, temperature, loss,
-                steps, batch_size, lr, student_lr, momentum, weight_decay, nesterov, schedule, seed, eval_every,
-                probe_size, model_kwargs, progress_bar, method) -> LoTResult:
-    check_int("steps", steps, 1)
-    check_int("seed", seed, 0)
-    check_int("batch_size", batch_size, 1, len(splits.train))
-    check_int("probe_size", probe_size, 1)
-    eval_every = max(steps // 10, 1) if eval_every is None else eval_every
-    check_int("eval_every", eval_every, 0)
-    device, n = splits.device, len(splits.train)
-    seed_everything(seed)
-    teacher = build(model, splits.in_shape, splits.num_classes, seed=seed, device=device, **model_kwargs).train()
-    students = [build(student_model, splits.in_shape, splits.num_classes, seed=seed + 1 + i, device=device,
-                      **model_kwargs).train() for i in range(num_students)]
-    t_opt = _sgd(teacher, lr, momentum, weight_decay, nesterov)
-    t_sched = make_schedule(t_opt, schedule, steps)
-    s_opts = [_sgd(s, student_lr, momentum, weight_decay, nesterov) for s in students]
-    s_scheds = [make_schedule(o, schedule, steps * student_steps) for o in s_opts]
-    t_stream = batches(n, batch_size, seed=seed, device=device)
-    s_streams = [batches(n, batch_size, seed=seed + 7919 * (i + 1), device=device) for i in range(num_students)]
-    slots = [_rng_slot(s, seed + 1 + i, device) for i, s in enumerate(students)]
-    t_gen = torch.Generator(device=device) if splits.augment else None
-    s_gens = [torch.Generator(device=device) if splits.augment else None for _ in students]
-    probe = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:probe_size].to(device)
-    x_probe_train, x_probe_test = splits.train.x[probe], splits.test.x[:probe_size]
-
-    trace = Trace(config=dict(method=method, dataset=splits.name, model=model, student_model=student_model,
-                              num_students=num_students, alpha=alpha, student_alpha=student_alpha,
-                              student_steps=student_steps, temperature=temperature, loss=loss, steps=steps,
-                              batch_size=batch_size, lr=lr, student_lr=student_lr, momentum=momentum,
-                              weight_decay=weight_decay, nesterov=nesterov, schedule=schedule, seed=seed,
-                              probe_size=probe_size, device=str(device)))
-    record = _PerStep(steps, num_students, student_steps, device)
-
-    def evaluate_all(step: int) -> None:
-        test = evaluate(teacher, splits.test)
-        trace.log(step, test_acc=test["acc"], test_loss=test["loss"], lr=t_sched.get_last_lr()[0])
-        for i, (ktr, kte) in enumerate(zip(_probe_kls(teacher, students, x_probe_train, temperature),
-                                           _probe_kls(teacher, students, x_probe_test, temperature))):
-            trace.log(step, **{f"kl_train/{i}": ktr, f"kl_test/{i}": kte})
-
-    if eval_every:
-        evaluate_all(0)
-    for step in progress(range(steps), total=steps, desc=method, enabled=progress_bar):
-        # --- the joint step: teacher and students see the same batch
-        index = next(t_stream)
-        x, y = splits.train.x[index], splits.train.y[index]
-        if t_gen is not None:
-            t_gen.manual_seed(seed * 100_003 + step)
-            x = augment_batch(x, t_gen)
-        t_logits = teacher(x)
-        s_logits = []
-        for s, slot in zip(students, slots):
-            with slot:
-                s_logits.append(s(x))
-        ce = F.cross_entropy(t_logits, y)
-        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, record.t_kl, step)
-        _sgd_step(teacher, t_opt, t_sched, objective)
-        record.t_loss[step], record.t_ce[step] = objective.detach(), ce.detach()
-        target = t_logits.detach()
-        for i, (s, opt, sched, sl) in enumerate(zip(students, s_opts, s_scheds, s_logits)):
-            obj, kl = _student_objective(sl, target, F.cross_entropy(sl, y), loss, student_alpha, temperature)
-            _sgd_step(s, opt, sched, obj)
-            record.student(i, step, obj, kl)
-        # --- N - 1 student-only steps per student, on its own shuffled stream; teacher targets in eval mode
-        if student_steps > 1 and students:
-            teacher.eval()
-            for i, (s, opt, sched, slot) in enumerate(zip(students, s_opts, s_scheds, slots)):
-                for k in range(student_steps - 1):
-                    index = next(s_streams[i])
-                    xs, ys = splits.train.x[index], splits.train.y[index]
-                    if s_gens[i] is not None:
-                        s_gens[i].manual_seed((seed + 7919 * (i + 1)) * 100_003 + step * student_steps + k)
-                        xs = augment_batch(xs, s_gens[i])
-                    with torch.no_grad():
-                        target = teacher(xs)
-                    with slot:
-                        sl = s(xs)
-                    obj, kl = _student_objective(sl, target, F.cross_entropy(sl, ys), loss, student_alpha,
-                                                 temperature)
-                    _sgd_step(s, opt, sched, obj)
-                    record.student(i, step, obj, kl)
-            teacher.train()
-        done = step + 1
-        if eval_every and done % eval_every == 0 and done < steps:
-            evaluate_all(done)
-    evaluate_all(steps)
-    test = evaluate(teacher, splits.test)
-    trace.metrics.update(test_acc=test["acc"], test_loss=test["loss"])
-    for i, s in enumerate(students):
-        trace.metrics[f"student_test_acc/{i}"] = evaluate(s, splits.test)["acc"]
-    return _finish(trace, teacher, students, record, alpha=alpha, steps=steps,
-                   student_steps=student_steps, final=("test loss", test["loss"]), lr=lr)
-
-
-def _teacher_objective(ce: torch.Tensor, t_logits: torch.Tensor, s_logits: list[torch.Tensor], alpha: float,
-                       temperature: float, t_kl: torch.Tensor, step: int) -> torch.Tensor:
-    """CE + α · mean over students of KL(student ‖ teacher), the students' side detached; records the KL in
-    t_kl[step]. At α = 0 the KL is not even computed, so a teacher-only run is bit-for-bit a plain one."""
+def teacher_loss(logits: torch.Tensor, imitator_logits: Sequence[torch.Tensor], y: torch.Tensor, alpha: float,
+                 temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(loss, CE [S], KL [S] or None) of the deployed models: logits [S, B, C], imitator_logits K x [S, B, C]
+    (detached here), y [S, B]. alpha = 0: the loss is the per-example CE [S, B] itself, exactly a plain run's."""
+    ce = cross_entropy(logits, y)
     if alpha == 0:
-        return ce
-    reg = torch.stack([kl_div_logits(t_logits, sl.detach(), temperature) for sl in s_logits]).mean()
-    t_kl[step] = reg.detach()
-    return ce + alpha * reg
+        return ce, ce.detach().mean(1), None
+    kl = torch.stack([kl_per_member(logits, s.detach(), temperature) for s in imitator_logits]).mean(0)
+    return ce.mean(1) + alpha * kl, ce.detach().mean(1), kl.detach()
 
 
-def _finish(trace: Trace, teacher: nn.Module, students: list[nn.Module], record: _PerStep, *, alpha: float, steps: int,
-            student_steps: int, final: tuple[str, float], lr: float) -> LoTResult:
-    """Write the per-step series and the run's counts and final imitation KLs into the trace; note a divergence
-    (`final` = (what, value) of the teacher's final test number)."""
-    rng = range(1, steps + 1)
-    trace.log_series("teacher_loss", rng, record.t_loss)
-    trace.log_series("teacher_ce", rng, record.t_ce)
-    if alpha > 0:
-        trace.log_series("teacher_kl", rng, record.t_kl)
-    for i in range(len(students)):
-        trace.log_series(f"student_loss/{i}", rng, record.s_loss[i])
-        trace.log_series(f"kl_batch/{i}", rng, record.s_kl[i])
-        trace.metrics[f"kl_train/{i}"] = trace.last(f"kl_train/{i}")
-        trace.metrics[f"kl_test/{i}"] = trace.last(f"kl_test/{i}")
-    trace.metrics.update(steps=steps, student_steps_total=steps * student_steps * len(students),
-                         compute_steps=steps * (1 + student_steps * len(students)))
-    what, value = final
-    if not math.isfinite(value):
-        trace.note(f"training diverged: teacher {what} is {value}; try a smaller lr (lr={lr})")
-    return LoTResult(teacher.eval(), [s.eval() for s in students], trace)
+def imitator_loss(logits: torch.Tensor, target: torch.Tensor, y: torch.Tensor, loss: str, weight: float,
+                  temperature: float) -> torch.Tensor:
+    """Loss [M] of M imitators: logits [M, B, C] against the detached target [M, B, C], labels y [M, B]."""
+    kl = kl_per_member(logits, target.detach(), temperature)
+    return kl if loss == "kl" else cross_entropy(logits, y).mean(1) + weight * kl
 
 
-# ---------------------------------------------------------------------------------------------- language
+@dataclass(frozen=True)
+class Config:
+    """LoT's knobs, checked on construction. `student` trains the deployed model, the imitators likewise over N ·
+    steps steps unless a student_* knob says otherwise. Data: dataset, dev_size, train_size, test_size (None: all;
+    text: tokens), scenario (`data.apply_scenario`). sweep_*: the dev-only grid of `sweep`."""
 
-def train_lot_lm(splits: TextSplits, *, num_students: int = 1, alpha: float = 1.0, student_steps: int = 5,
-                 temperature: float = 1.5, loss: str = "kl_ce", student_alpha: float | None = None,
-                 steps: int = 400, batch_size: int = 20, bptt: int = 35, lr: float = 20.0, momentum: float = 0.0,
-                 clip: float = 0.25, schedule: str = "cosine", emb: int = 200, hidden: int = 200, layers: int = 2,
-                 dropout: float = 0.2, student_size: dict | None = None, seed: int = 0,
-                 eval_every: int | None = None, eval_tokens: int | None = 20_000, probe_tokens: int = 5000,
-                 progress_bar: bool | None = None) -> LoTResult:
-    """LoT on a word-level corpus with `lstm_lm` teacher and students (official: `trainer/lstm_ptb.py`).
+    student: StudentConfig
+    deployments: int = 8
+    alpha: float = 0.5
+    student_alpha: float | None = None
+    student_steps: int = 2
+    temperature: float = 1.5
+    num_students: int = 1
+    loss: str = "kl_ce"
+    student_model: str | None = None
+    student_schedule: str | None = None
+    probe_size: int = 2000
+    equal_compute: bool = True
+    dataset: str = "mnist"
+    dev_size: int = 5000
+    train_size: int | None = None
+    test_size: int | None = None
+    scenario: dict | None = None
+    sweep_alphas: tuple[float, ...] = (0.1, 0.5, 2.0)
+    sweep_ns: tuple[int, ...] = (1, 2)
+    sweep_seeds: int = 3
+    sweep_steps: int | None = None
 
-    The teacher walks the batchified training stream [L, batch_size] window by window (bptt tokens, state
-    carried and detached); each student takes the joint step on the teacher's window, then N-1 steps on the
-    next windows of its own walk (started at a seeded offset). Every model: SGD(lr, momentum), gradient norm
-    clipped to `clip`, `schedule` over its own steps. emb/hidden/layers/dropout: the LSTM (the students'
-    can differ via `student_size`, a dict of the same keys). eval_tokens: test tokens used for "test_ppl"
-    during training (None: all); the final metrics.test_ppl always uses the whole test stream.
-    probe_tokens: tokens of train and of test on which imitation KL is measured.
-    """
-    check_params(alpha=alpha, student_steps=student_steps, temperature=temperature, num_students=num_students,
-                 loss=loss, student_alpha=student_alpha)
-    return _run_lm(splits, num_students, alpha, alpha if student_alpha is None else student_alpha, student_steps,
-                   temperature, loss, steps, batch_size, bptt, lr, momentum, clip, schedule,
-                   dict(emb=emb, hidden=hidden, layers=layers, dropout=dropout), student_size, seed, eval_every,
-                   eval_tokens, probe_tokens, progress_bar, method="lot")
+    def __post_init__(self):
+        self.check()  # a Config never holds a bad knob: dataclasses.replace checks too
 
+    @property
+    def imitation_weight(self) -> float:
+        return self.alpha if self.student_alpha is None else self.student_alpha
 
-def train_teacher_only_lm(splits: TextSplits, *, num_students: int = 0, student_alpha: float = 1.0,
-                          student_steps: int = 5, temperature: float = 1.5, loss: str = "kl_ce", steps: int = 400,
-                          batch_size: int = 20, bptt: int = 35, lr: float = 20.0, momentum: float = 0.0,
-                          clip: float = 0.25, schedule: str = "cosine", emb: int = 200, hidden: int = 200,
-                          layers: int = 2, dropout: float = 0.2, student_size: dict | None = None, seed: int = 0,
-                          eval_every: int | None = None, eval_tokens: int | None = 20_000, probe_tokens: int = 5000,
-                          progress_bar: bool | None = None) -> LoTResult:
-    """The teacher-only language model: as `train_lot_lm` with alpha = 0 (see `train_teacher_only`)."""
-    check_params(alpha=0.0, student_steps=student_steps, temperature=temperature, num_students=num_students,
-                 loss=loss, student_alpha=student_alpha, allow_zero_students=True)
-    return _run_lm(splits, num_students, 0.0, student_alpha, student_steps, temperature, loss, steps, batch_size,
-                   bptt, lr, momentum, clip, schedule, dict(emb=emb, hidden=hidden, layers=layers, dropout=dropout),
-                   student_size, seed, eval_every, eval_tokens, probe_tokens, progress_bar, method="teacher_only")
-
-
-def _detach(state):
-    return None if state is None else tuple(h.detach() for h in state)
-
-
-@torch.no_grad()
-def _lm_eval(teacher: nn.Module, students: list[nn.Module], stream: torch.Tensor, bptt: int,
-             temperature: float) -> tuple[float, list[float]]:
-    """Over a batchified stream [L, B] in eval mode: (teacher perplexity, [imitation KL of each student])."""
-    models = [teacher, *students]
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    states = [None] * len(models)
-    ce, kls, count = 0.0, [0.0] * len(students), 0
-    for i in range(0, stream.size(0) - 1, bptt):
-        x, y = stream[i:i + bptt], stream[i + 1:i + 1 + bptt]
-        x = x[:len(y)]
-        outs = []
-        for j, m in enumerate(models):
-            logits, states[j] = m(x, states[j])
-            outs.append(logits)
-        rows = y.numel()
-        ce += F.cross_entropy(outs[0].reshape(rows, -1), y.reshape(-1), reduction="sum").item()
-        for j, logits in enumerate(outs[1:]):
-            kls[j] += kl_div_logits(logits, outs[0], temperature).item() * rows
-        count += rows
-    for m, mode in zip(models, modes):
-        m.train(mode)
-    return math.exp(ce / count), [k / count for k in kls]
+    def check(self) -> "Config":
+        """Raise a ValueError naming any knob out of range (NaN and inf included); return self."""
+        self.student.check()
+        for name in ("alpha", "student_alpha", "temperature"):
+            if getattr(self, name) is not None:
+                check_float(name, getattr(self, name), 0, low_open=name == "temperature")
+        for name in ("deployments", "student_steps", "num_students", "probe_size", "dev_size", "train_size",
+                     "test_size", "sweep_seeds", "sweep_steps"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1, seeding.SEED_BLOCK if name == "deployments" else None)
+        for name, choices in (("loss", ("kl_ce", "kl")), ("student_model", KNOWN_MODELS),
+                              ("student_schedule", SCHEDULES), ("dataset", data.KNOWN_DATASETS)):
+            if getattr(self, name) is not None:
+                check_choice(name, getattr(self, name), choices)
+        [check_float("sweep_alphas", a, 0) for a in self.sweep_alphas]
+        [check_int("sweep_ns", n, 1) for n in self.sweep_ns]
+        if self.student.pretrain_steps or (self.dataset == "ptb" and self.student.eval_size is not None):
+            raise ValueError(f"student={self.student!r} is not allowed: LoT needs pretrain_steps=0 (the joint step "
+                             f"starts at step 0) and, for text, eval_size=None (best-dev compares every dev measure)")
+        return self
 
 
-def _run_lm(splits, num_students, alpha, student_alpha, student_steps, temperature, loss, steps, batch_size, bptt,
-            lr, momentum, clip, schedule, size, student_size, seed, eval_every, eval_tokens, probe_tokens,
-            progress_bar, method) -> LoTResult:
-    check_int("steps", steps, 1)
-    check_int("seed", seed, 0)
-    check_int("bptt", bptt, 1)
-    check_int("probe_tokens", probe_tokens, 2 * 10)
-    if eval_tokens is not None:
-        check_int("eval_tokens", eval_tokens, 2 * 10)
-    if not clip > 0:
-        raise ValueError(f"clip={clip!r} is not allowed: it must be > 0")
-    eval_every = max(steps // 10, 1) if eval_every is None else eval_every
-    check_int("eval_every", eval_every, 0)
-    device, vocab = splits.train.device, splits.num_tokens
-    seed_everything(seed)
-    student_size = {**size, **(student_size or {})}
-    teacher = build("lstm_lm", num_classes=vocab, seed=seed, device=device, **size).train()
-    students = [build("lstm_lm", num_classes=vocab, seed=seed + 1 + i, device=device, **student_size).train()
-                for i in range(num_students)]
-    t_opt = _sgd(teacher, lr, momentum, 0.0, False)
-    t_sched = make_schedule(t_opt, schedule, steps)
-    s_opts = [_sgd(s, lr, momentum, 0.0, False) for s in students]
-    s_scheds = [make_schedule(o, schedule, steps * student_steps) for o in s_opts]
-    slots = [_rng_slot(s, seed + 1 + i, device) for i, s in enumerate(students)]
-    stream = batchify(splits.train, batch_size)                                   # [L, B]
-    starts = list(range(0, stream.size(0) - 1, bptt))
-    offsets = torch.randint(len(starts), (max(num_students, 1),), generator=torch.Generator().manual_seed(seed + 1))
-    test_eval = batchify(splits.test if eval_tokens is None else splits.test[:eval_tokens], 10)
-    probe_train, probe_test = batchify(splits.train[:probe_tokens], 10), batchify(splits.test[:probe_tokens], 10)
-
-    def window(k: int):
-        i = starts[k % len(starts)]
-        y = stream[i + 1:i + 1 + bptt]
-        return stream[i:i + len(y)], y, k % len(starts) == 0   # (input [l, B], target [l, B], stream restarts)
-
-    trace = Trace(config=dict(method=method, dataset=getattr(splits, "name", "text"), model="lstm_lm", **size,
-                              student_size=student_size, num_students=num_students, alpha=alpha,
-                              student_alpha=student_alpha, student_steps=student_steps, temperature=temperature,
-                              loss=loss, steps=steps, batch_size=batch_size, bptt=bptt, lr=lr, momentum=momentum,
-                              clip=clip, schedule=schedule, seed=seed, eval_tokens=eval_tokens,
-                              probe_tokens=probe_tokens, device=str(device)))
-    record = _PerStep(steps, num_students, student_steps, device)
-
-    def evaluate_all(step: int) -> None:
-        ppl, kl_test = _lm_eval(teacher, students, probe_test if eval_tokens == probe_tokens else test_eval, bptt,
-                                temperature)
-        if eval_tokens != probe_tokens:
-            kl_test = _lm_eval(teacher, students, probe_test, bptt, temperature)[1]
-        kl_train = _lm_eval(teacher, students, probe_train, bptt, temperature)[1]
-        trace.log(step, test_ppl=ppl, lr=t_sched.get_last_lr()[0])
-        for i, (ktr, kte) in enumerate(zip(kl_train, kl_test)):
-            trace.log(step, **{f"kl_train/{i}": ktr, f"kl_test/{i}": kte})
-
-    t_state, sj_states = None, [None] * num_students          # teacher's walk; students on the teacher's windows
-    own_states = [None] * num_students                          # students' own walks
-    t_own_states = [None] * num_students                        # the teacher's eval-mode targets on those walks
-    own_k = [int(o) for o in offsets[:num_students]]
-
-    if eval_every:
-        evaluate_all(0)
-    for step in progress(range(steps), total=steps, desc=method, enabled=progress_bar):
-        x, y, restart = window(step)
-        if restart:
-            t_state, sj_states = None, [None] * num_students
-        t_logits, t_state = teacher(x, _detach(t_state))
-        s_logits = []
-        for i, (s, slot) in enumerate(zip(students, slots)):
-            with slot:
-                sl, sj_states[i] = s(x, _detach(sj_states[i]))
-            s_logits.append(sl)
-        flat_y = y.reshape(-1)
-        ce = F.cross_entropy(t_logits.reshape(flat_y.numel(), -1), flat_y)
-        objective = _teacher_objective(ce, t_logits, s_logits, alpha, temperature, record.t_kl, step)
-        _sgd_step(teacher, t_opt, t_sched, objective, clip)
-        record.t_loss[step], record.t_ce[step] = objective.detach(), ce.detach()
-        target = t_logits.detach()
-        for i, (s, opt, sched, sl) in enumerate(zip(students, s_opts, s_scheds, s_logits)):
-            obj, kl = _student_objective(sl, target, F.cross_entropy(sl.reshape(flat_y.numel(), -1), flat_y), loss,
-                                         student_alpha, temperature)
-            _sgd_step(s, opt, sched, obj, clip)
-            record.student(i, step, obj, kl)
-        if student_steps > 1 and students:
-            teacher.eval()
-            for i, (s, opt, sched, slot) in enumerate(zip(students, s_opts, s_scheds, slots)):
-                for _ in range(student_steps - 1):
-                    xs, ys, restart = window(own_k[i])
-                    own_k[i] += 1
-                    if restart:
-                        own_states[i], t_own_states[i] = None, None
-                    with torch.no_grad():
-                        target, t_own_states[i] = teacher(xs, t_own_states[i])
-                    with slot:
-                        sl, own_states[i] = s(xs, _detach(own_states[i]))
-                    flat = ys.reshape(-1)
-                    obj, kl = _student_objective(sl, target, F.cross_entropy(sl.reshape(flat.numel(), -1), flat),
-                                                 loss, student_alpha, temperature)
-                    _sgd_step(s, opt, sched, obj, clip)
-                    record.student(i, step, obj, kl)
-            teacher.train()
-        done = step + 1
-        if eval_every and done % eval_every == 0 and done < steps:
-            evaluate_all(done)
-    evaluate_all(steps)
-    full_ppl = _lm_eval(teacher, [], batchify(splits.test, 10), bptt, temperature)[0]
-    trace.metrics.update(test_ppl=full_ppl, tokens_seen=steps * batch_size * bptt)
-    return _finish(trace, teacher, students, record, alpha=alpha, steps=steps,
-                   student_steps=student_steps, final=("test perplexity", full_ppl), lr=lr)
+def imitator_config(cfg: Config) -> StudentConfig:
+    """How the imitators train: the deployed model's config over N · steps steps, with the student_* knobs."""
+    s, n = cfg.student, cfg.student_steps
+    kwargs = s.model_kwargs if cfg.student_model in (None, s.model) else {}
+    return replace(s, model=cfg.student_model or s.model, model_kwargs=dict(kwargs), steps=s.steps * n,
+                   eval_every=s.evaluations * n, schedule=cfg.student_schedule or s.schedule,
+                   milestones=tuple(m * n for m in s.milestones))
 
 
-def mean_std(values) -> tuple[float, float]:
-    """(mean, population std) of a list of per-seed numbers, as floats."""
-    a = np.asarray(list(values), dtype=float)
-    return float(a.mean()), float(a.std())
+def control(cfg: Config) -> Config:
+    """The teacher-only control of `cfg`: α = 0, the imitators unchanged (their KL weight stays α_s)."""
+    return replace(cfg, alpha=0.0, student_alpha=cfg.imitation_weight)
+
+
+_MLP = StudentConfig(model="mlp", model_kwargs={"hidden": (100,)}, steps=500, batch_size=128, lr=0.1,
+                     schedule="cosine", eval_every=100, eval_size=1000)
+_SMOKE = dict(deployments=2, train_size=2000, probe_size=200, sweep_alphas=(0.5, 2.0), sweep_seeds=2, sweep_steps=20)
+PRESETS = {  # the headline: MNIST MLP on the CPU; the paper's v1 CIFAR-100 PreResNet-20/20 (run script) on a GPU
+    "smoke": Config(replace(_MLP, model_kwargs={"hidden": (32,)}, steps=30, batch_size=64, eval_every=10), **_SMOKE),
+    "cpu": Config(_MLP, probe_size=1000, sweep_steps=300),
+    "paper": Config(StudentConfig(model="preresnet20", steps=180 * 209, batch_size=256, lr=1.0, nesterov=True,
+                                  weight_decay=1e-4, schedule="cosine", eval_every=209), deployments=3,
+                    dataset="cifar100", probe_size=5000, equal_compute=False, sweep_alphas=(0.1, 0.5, 1.0, 2.0),
+                    sweep_ns=(1, 2, 4), sweep_steps=20 * 209),
+}
+SMALL_DATA_PRESETS = {  # the scenario: a small class-balanced training set, where regularising has work to do
+    p: replace(PRESETS[p], equal_compute=False, scenario={"kind": "subsample", "size": size})
+    for p, size in (("smoke", 200), ("cpu", 1000), ("paper", 5000))}
+_LSTM = StudentConfig(model="lstm_lm", model_kwargs=dict(emb=48, hidden=48, layers=1, dropout=0.2), steps=100,
+                      batch_size=10, bptt=10, lr=20.0, momentum=0.0, clip=0.25, schedule="cosine", eval_every=25)
+_TEXT = dict(dataset="ptb", alpha=1.0, equal_compute=False)
+LM_PRESETS = {  # Penn Treebank; paper: official run_lstm_ptb_LoT.sh (60 epochs of 1327 windows, whole dev/test)
+    "smoke": Config(replace(_LSTM, model_kwargs=dict(emb=16, hidden=16, layers=1, dropout=0.1), steps=6, eval_every=3),
+                    deployments=2, dev_size=500, test_size=500, probe_size=200, **_TEXT),
+    "cpu": Config(_LSTM, deployments=5, dev_size=2000, test_size=10000, probe_size=1000, **_TEXT),
+    "paper": Config(replace(_LSTM, model_kwargs=dict(emb=650, hidden=650, layers=2, dropout=0.45), steps=60 * 1327,
+                            batch_size=20, bptt=35, lr=30.0, momentum=0.3, clip=0.2, eval_every=1327), deployments=3,
+                    student_steps=5, student_schedule="plateau", dev_size=10 ** 9, probe_size=20000, **_TEXT),
+}
+SETTINGS = {"mlp": PRESETS, "small-data": SMALL_DATA_PRESETS, "ptb": LM_PRESETS}
+
+
+def preset(name: str, setting: str = "mlp", **knobs) -> Config:
+    """`SETTINGS[setting][name]` with the knobs that are not None replaced (a notebook's None: the preset's)."""
+    check_choice("setting", setting, SETTINGS)
+    check_choice("preset", name, repro.PRESETS)
+    return replace(SETTINGS[setting][name], **{k: v for k, v in knobs.items() if v is not None})
+
+
+def load(cfg: Config, *, seed: int = 0, device: str | torch.device = "auto") -> Splits | TextSplits:
+    """The data of `cfg`, split and scenario drawn from `seed`; text: dev/test cut to dev_size/test_size tokens."""
+    if cfg.dataset == "ptb":
+        t = data.load("ptb", device=device)
+        return TextSplits(t.train, t.dev[:cfg.dev_size], t.test[:cfg.test_size], t.vocab, t.name)
+    splits = data.load(cfg.dataset, dev_size=cfg.dev_size, seed=seed, device=device, train_size=cfg.train_size)
+    splits = replace(splits, test=splits.test[:cfg.test_size]) if cfg.test_size else splits
+    return data.apply_scenario(splits, cfg.scenario and {**cfg.scenario, "seed": seed})
+
+
+class _Probes:
+    """Logs "kl_train<suffix>", "kl_test<suffix>" in a Run's Traces: the imitation KL of each imitator against the
+    model it imitates, both in eval mode, on the first `probe_size` training and test examples (text: tokens)."""
+
+    def __init__(self, splits: Splits | TextSplits, cfg: Config):
+        self.text, self.T, self.bptt = isinstance(splits, TextSplits), cfg.temperature, cfg.student.bptt
+        self.sets = {s: (getattr(splits, s) if self.text else getattr(splits, s).x)[:cfg.probe_size]
+                     for s in ("train", "test")}
+
+    @torch.no_grad()
+    def __call__(self, run: engine.Run, model: nn.Module, imitators: Population, suffix: str = "") -> None:
+        measure = self._text if self.text else self._vision
+        kls = {f"kl_{s}": measure(model, imitators, x) for s, x in self.sets.items()}
+        for i, tr in enumerate(run.traces):  # live members with finite values only: a diverged run is not data
+            if run.alive[i] and all(math.isfinite(float(v[i])) for v in kls.values()):
+                tr.log(run.step, **{f"{k}{suffix}": float(v[i]) for k, v in kls.items()})
+
+    def _vision(self, model, imitators, x) -> torch.Tensor:
+        t, s = predict(model, x), predict(imitators, x)
+        return kl_per_member(s, t if t.dim() == 3 else t.expand(len(s), -1, -1), self.T).cpu()
+
+    def _text(self, model, imitators, tokens) -> torch.Tensor:
+        pairs = [(getattr(model, "member", lambda i: model)(i), imitators.member(i)) for i in range(imitators.size)]
+        states, total, rows = [[None, None] for _ in pairs], torch.zeros(len(pairs)), 0
+        model.eval(), imitators.eval()  # their engine forwards set train mode again
+        for x, _ in bptt_windows(batchify(tokens, 10), self.bptt):
+            for i, (t, s) in enumerate(pairs):
+                (tl, states[i][0]), (sl, states[i][1]) = t(x, states[i][0]), s(x, states[i][1])
+                total[i] += float(kl_per_member(sl.flatten(0, 1)[None], tl.flatten(0, 1)[None], self.T)) * x.numel()
+            rows += x.numel()
+        return total / rows
+
+
+class _Imitate(engine.Hooks):
+    """Imitators of `model` (a Population: imitator i imitates member i; else one frozen model), eval-mode targets
+    on their own batches (text: a state per imitator on its walk); with `probes`, KLs after each evaluation."""
+
+    def __init__(self, cfg: Config, model: nn.Module, size: int, text: bool, probes: "_Probes | None" = None):
+        self.cfg, self.model, self.text, self.probes, self.states = cfg, model, text, probes, [None] * size
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor, restart: torch.Tensor | None = None) -> torch.Tensor:
+        """x [S, B, ...] (text: tokens [S, L, B]) -> [S, B, C] (text: [S, L·B, V])."""
+        PASSES.add(forward=len(x) * (x[0].numel() if self.text else len(x[0])))
+        self.model.eval()  # left so: the teacher's engine forward sets train mode again, a frozen one stays eval
+        if not self.text:
+            return (self.model(x) if isinstance(self.model, Population) else
+                    self.model(x.flatten(0, 1)).view(*x.shape[:2], -1)).float()
+        out = []
+        for i in range(len(x)):
+            state = None if restart is not None and bool(restart[i]) else self.states[i]
+            logits, state = getattr(self.model, "member", lambda i: self.model)(i)(x[i], state)
+            self.states[i] = tuple(h.detach() for h in state)
+            out.append(logits.reshape(-1, logits.shape[-1]).float())
+        return torch.stack(out)
+
+    def objective(self, logits, batch, step):
+        c = self.cfg
+        return imitator_loss(logits, self.targets(batch.x, batch.restart), batch.y, c.loss, c.imitation_weight,
+                             c.temperature)
+
+    def after_eval(self, run, step):
+        if self.probes is not None:
+            self.probes(run, self.model, run.students)
+
+    def state_dict(self) -> dict:
+        return dict(states=self.states)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.states = list(state["states"])
+
+
+class _LoT(engine.Hooks):
+    """The deployed models: CE + α·KL to the imitators' logits; after each step the imitators' joint and N − 1 own
+    steps; after each evaluation probe KLs and (text) the best-dev model. Its state holds the imitators' Runs."""
+
+    def __init__(self, cfg: Config, alpha: float, splits: Splits | TextSplits, S: int):
+        self.cfg, self.alpha, self.text, self.pending = cfg, alpha, isinstance(splits, TextSplits), None
+        self.ce, self.kl = torch.zeros(S, cfg.student.total_steps), torch.zeros(S, cfg.student.total_steps)
+        self.joint = [[None] * S for _ in range(cfg.num_students)]  # text: imitators' states on the teacher's walk
+        self.best = dict(dev_ppl=[math.inf] * S, step=[None] * S, test_ppl=[None] * S)  # text: the best-dev model
+        self.probes, self.imitators = _Probes(splits, cfg), []
+
+    def _joint_forward(self, k: int, run: engine.Run, batch: engine.Batch) -> torch.Tensor:
+        if not self.text:
+            return run.forward(batch.x)
+        own, run.students.states = run.students.states, self.joint[k]
+        try:
+            return run.forward(batch.x, batch.restart)
+        finally:
+            self.joint[k], run.students.states = run.students.states, own
+
+    def objective(self, logits, batch, step):
+        outs = [self._joint_forward(k, run, batch) for k, run in enumerate(self.imitators)]
+        self.pending = (outs, logits.detach().float(), batch.y)
+        loss, self.ce[:, step], kl = teacher_loss(logits, outs, batch.y, self.alpha, self.cfg.temperature)
+        self.kl[:, step] = 0 if kl is None else kl
+        return loss
+
+    def after_step(self, run, step, loss):
+        (outs, target, y), self.pending, c = self.pending, None, self.cfg
+        for out, imitators in zip(outs, self.imitators):  # the joint step: its logits, the teacher's pre-step ones
+            imitators.update(imitator_loss(out, target, y, c.loss, c.imitation_weight, c.temperature))
+            for _ in range(self.cfg.student_steps - 1):
+                imitators.step_once()
+
+    def after_eval(self, run, step):
+        for k, imitators in enumerate(self.imitators):
+            self.probes(run, run.students, imitators.students, f"/{k}")
+            if imitators.config.schedule == "plateau":
+                imitators.evaluate()  # their dev loss sets their learning rate
+        for i in range(len(run.seeds)):  # the model of best dev perplexity: its test perplexity is what text reports
+            if self.text and run.alive[i] and run.traces[i].last("dev_ppl") < self.best["dev_ppl"][i]:
+                test = evaluate_text(run.students.member(i), run.splits.test, self.cfg.student.bptt)["ppl"]
+                self.best["dev_ppl"][i], self.best["step"][i] = run.traces[i].last("dev_ppl"), step
+                self.best["test_ppl"][i] = test
+
+    def state_dict(self) -> dict:
+        return dict(ce=self.ce, kl=self.kl, joint=self.joint, best=self.best,
+                    imitators=[r.state_dict() for r in self.imitators])
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ce, self.kl, self.joint, self.best = state["ce"], state["kl"], state["joint"], state["best"]
+        [r.load_state_dict(s) for r, s in zip(self.imitators, state["imitators"])]
+
+
+def _run(splits: Splits | TextSplits, cfg: Config, seeds: list[int], base: tuple, alpha: float, *,
+         checkpoint_dir=None, progress_bar=None) -> tuple[engine.Run, list[Trace]]:
+    """Train S = len(seeds) deployed models (role `base`) with their imitators; returns the Run and its Traces."""
+    hooks = _LoT(cfg, alpha, splits, len(seeds))
+    run = engine.Run(splits, cfg.student, seeds, role=base, hooks=hooks)
+    hooks.imitators = [engine.Run(splits, imitator_config(cfg), seeds, role=(*base, "lot-student", k),
+                                  hooks=_Imitate(cfg, run.students, len(seeds), hooks.text))
+                       for k in range(cfg.num_students)]
+    engine.train(run, checkpoint_dir=checkpoint_dir, progress_bar=progress_bar, desc=f"LoT α={alpha:g}",
+                 checkpoint_every=cfg.student.evaluations or max(cfg.student.total_steps // 10, 1))
+    for k, imitators in enumerate(hooks.imitators):
+        imitators.finish()
+        hooks.probes(run, run.students, imitators.students, f"/{k}")
+    return run, [_finish(run, hooks, i, alpha) for i in range(len(seeds))]
+
+
+def _finish(run: engine.Run, hooks: _LoT, i: int, alpha: float) -> Trace:
+    """Member i's Trace with the teacher's CE and KL per step, the imitators' numbers, final KLs, (text) best dev."""
+    tr, cfg, K = run.traces[i], hooks.cfg, hooks.cfg.num_students
+    end = run.ended_at[i] if run.ended_at[i] is not None else run.step
+    tr.config.update(_knobs(cfg), method=LOT if alpha else CONTROL, alpha=alpha)
+    tr.log_series("teacher_ce", range(1, end + 1), hooks.ce[i, :end])
+    if alpha:
+        tr.log_series("teacher_kl", range(1, end + 1), hooks.kl[i, :end])
+    for k, imitators in enumerate(hooks.imitators):
+        it = imitators.traces[i]
+        if it.diverged:
+            tr.note(f"student {k} diverged at its step {it.metrics['diverged_at_step']}: its KLs are left out")
+        for s in ("kl_train", "kl_test"):
+            ok = not (tr.diverged or it.diverged) and f"{s}/{k}" in tr.scalars
+            tr.metrics[f"{s}/{k}"] = tr.last(f"{s}/{k}") if ok else None
+    for s in ("kl_train", "kl_test"):  # a model's imitability: the mean over its imitators
+        tr.metrics[s] = None if None in (kls := [tr.metrics[f"{s}/{k}"] for k in range(K)]) else sum(kls) / K
+    tr.metrics.update(teacher_steps=end, student_steps_total=end * cfg.student_steps * K,
+                      compute_steps=end * (1 + cfg.student_steps * K))
+    if hooks.text and not tr.diverged:  # the final model is a candidate too (ties: the later, final one)
+        final = tr.metrics["dev_ppl"] <= hooks.best["dev_ppl"][i]
+        tr.metrics.update(best_dev_ppl=tr.metrics["dev_ppl"] if final else hooks.best["dev_ppl"][i],
+                          best_dev_step=end if final else hooks.best["step"][i],
+                          test_ppl_best_dev=tr.metrics["test_ppl"] if final else hooks.best["test_ppl"][i])
+    return tr
+
+
+def _knobs(cfg: Config) -> dict:
+    return dict(student_alpha=cfg.imitation_weight, student_steps=cfg.student_steps, temperature=cfg.temperature,
+                num_students=cfg.num_students, loss=cfg.loss, student_model=imitator_config(cfg).model)
+
+
+def train_teacher(splits: Splits | TextSplits, cfg: Config, seed: int, *, checkpoint_dir: str | Path | None = None,
+                  progress_bar: bool | None = None) -> tuple[nn.Module, Trace]:
+    """Train one LoT model (the paper's teacher) with its imitators, role (TEACH, "lot"); returns the model (eval
+    mode) and its Trace. `control(cfg)`: the teacher-only model of the seed. Checkpoints after every evaluation."""
+    run, traces = _run(splits, cfg, [seed], (seeding.TEACH, "lot"), cfg.alpha, checkpoint_dir=checkpoint_dir,
+                       progress_bar=progress_bar)
+    return run.students.member(0).eval(), traces[0]
+
+
+def deploy(teacher: nn.Module, splits: Splits | TextSplits, cfg: Config, seeds: int | Sequence[int], *,
+           progress_bar: bool | None = None) -> Trace | list[Trace]:
+    """Fresh imitators (role (DEPLOY, "lot-imitator"), one population) trained N · steps steps with `cfg`'s
+    imitator loss against the FROZEN `teacher` (eval-mode targets): how easily it is imitated. Their Traces log
+    "kl_train" / "kl_test" at each evaluation and as final metrics. An int seed -> one Trace."""
+    one, seeds = isinstance(seeds, int), seeding.check_seeds("seeds", [seeds] if isinstance(seeds, int) else seeds)
+    text, teacher = isinstance(splits, TextSplits), teacher.to(splits.device)
+    hooks = _Imitate(cfg, teacher, len(seeds), text, _Probes(splits, cfg))
+    run = engine.Run(splits, imitator_config(cfg), seeds, role=(seeding.DEPLOY, "lot-imitator"), hooks=hooks)
+    traces = engine.train(run, progress_bar=progress_bar, desc="imitate")
+    hooks.probes(run, teacher, run.students)
+    for tr in traces:
+        tr.config.update(_knobs(cfg), method="imitate")
+        tr.metrics.update({k: None if tr.diverged else tr.last(k) for k in ("kl_train", "kl_test")})
+    return traces[0] if one else traces
+
+
+def compare(splits: Splits | TextSplits, cfg: Config, seeds: Sequence[int], *,
+            checkpoint_dir: str | Path | None = None, progress_bar: bool | None = None) -> dict[str, list[Trace]]:
+    """LoT against teacher-only on the same seeds (role DEPLOY: same initial weights and batches) at equal teacher
+    steps, both with co-evolving imitators; with `cfg.equal_compute` also teacher-only at LoT's total compute.
+    {LOT: Traces, CONTROL: Traces[, LONG: Traces]}, one per seed; each part checkpoints in checkpoint_dir/<part>."""
+    seeds, base = seeding.check_seeds("seeds", seeds), (seeding.DEPLOY,)
+    where = {n: None if checkpoint_dir is None else Path(checkpoint_dir) / n for n in ("lot", "control", "long")}
+    results = {name: _run(splits, c, seeds, base, c.alpha, checkpoint_dir=where[part], progress_bar=progress_bar)[1]
+               for name, c, part in ((LOT, cfg, "lot"), (CONTROL, control(cfg), "control"))}
+    if cfg.equal_compute:  # teacher-only given LoT's total compute: (1 + N·K) x the steps, same seeds and role
+        m = 1 + cfg.student_steps * cfg.num_students
+        s = replace(cfg.student, steps=cfg.student.steps * m, eval_every=cfg.student.evaluations * m,
+                    milestones=tuple(x * m for x in cfg.student.milestones))
+        results[LONG] = engine.train(engine.Run(splits, s, seeds, role=base), checkpoint_dir=where["long"],
+                                     checkpoint_every=max(s.evaluations, 1), progress_bar=progress_bar, desc=LONG)
+        [tr.config.update(method=LONG) for tr in results[LONG]]
+    return results
+
+
+def sweep(splits: Splits | TextSplits, cfg: Config, alphas: Sequence[float], ns: Sequence[int], seeds: Sequence[int],
+          *, progress_bar: bool | None = None) -> dict:
+    """LoT − teacher-only on DEV (dev_acc; text: dev_ppl) per (α, N), paired over tuning seeds (role TUNE), for
+    `cfg.sweep_steps` steps; test is never read. The grid, paired differences, dev's "chosen" cell, a "verdict"."""
+    seeds, base, text = seeding.check_seeds("seeds", seeds), (seeding.TUNE, "lot"), isinstance(splits, TextSplits)
+    key, sign = ("dev_ppl", -1) if text else ("dev_acc", 1)
+    cfg = replace(cfg, student=replace(cfg.student, steps=cfg.sweep_steps or cfg.student.steps, eval_every=0))
+    baseline = metric_values({0: engine.train(engine.Run(splits, cfg.student, seeds, role=base),
+                                              progress_bar=progress_bar)}, key)[0]
+    grid = [[metric_values({0: _run(splits, replace(cfg, alpha=a, student_steps=n), seeds, base, a,
+                                    progress_bar=progress_bar)[1]}, key)[0] for a in alphas] for n in ns]
+    diffs = [[stats.paired(v, baseline, higher_is_better=not text) for v in row] for row in grid]
+    cells = [(r, c) for r in range(len(ns)) for c in range(len(alphas)) if diffs[r][c].difference.n]
+    r, c = max(cells, key=lambda rc: sign * diffs[rc[0]][rc[1]].difference.mean) if cells else (0, 0)
+    best = diffs[r][c]
+    verdict = (f"On dev ({key}, {len(seeds)} tuning seeds, {cfg.student.steps} steps) the best cell is α = "
+               f"{alphas[c]:g}, N = {ns[r]}: LoT − teacher-only {best.difference.format(2, 1 if text else 100)}, "
+               f"{'an interval that excludes 0' if best.helps else 'not separated from teacher-only'}; the preset runs "
+               f"α = {cfg.alpha:g}, N = {cfg.student_steps}.")
+    return dict(metric=key, alphas=list(alphas), ns=list(ns), seeds=seeds, steps=cfg.student.steps, baseline=baseline,
+                values=grid, difference=[[d.as_dict() for d in row] for row in diffs],
+                chosen=dict(alpha=alphas[c], student_steps=ns[r]), verdict=verdict)
+
+
+def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Splits | TextSplits, *,
+            setting: str = "") -> dict:
+    """The experiment for metrics.json: test accuracy (text: test perplexity at the best-dev checkpoint) of each
+    method paired by seed against teacher-only (`stats.summarize`, `repro.experiment`), with the scenario."""
+    text, c = isinstance(splits, TextSplits), results[LOT][0].config
+    setting = setting or (f"{c['steps']} teacher steps, batch {c['batch_size']}, α {c['alpha']:g}, N "
+                          f"{c['student_steps']}, T {c['temperature']:g}, K {c['num_students']}, {c['loss']}; "
+                          + ("test ppl at the best-dev checkpoint" if text else "final-step test accuracy"))
+    values = metric_values(results, "test_ppl_best_dev" if text else "test_acc")
+    exp = repro.experiment(stats.summarize(values, seeds, baseline=CONTROL, higher_is_better=not text),
+                           metric="test_ppl" if text else "test_acc", dataset=splits.name, paper="lot", setting=setting,
+                           model=_model_name(c, text))
+    return dict(exp, scenario=list(getattr(splits, "scenario", ())))
+
+
+def _model_name(c: dict, text: bool) -> str:  # as `labkit.papers` names settings; an LM with its size
+    k = c.get("model_kwargs", {})
+    return f"lstm_lm-{k.get('layers', 2)}x{k.get('hidden', 200)}" if text else f"{c['model']}/{c['student_model']}"
+
+
+def imitability(results: dict[str, list[Trace]], seeds: Sequence[int]) -> dict[str, dict]:
+    """Final imitation KL (mean over a model's imitators; lower: easier to imitate) on the train and test probes,
+    paired by seed against teacher-only: {"kl_test": summarize, "kl_train": summarize}."""
+    return {k: stats.summarize(metric_values({n: t for n, t in results.items() if n != LONG}, k), seeds,
+                               baseline=CONTROL, higher_is_better=False) for k in ("kl_test", "kl_train")}
+

@@ -88,10 +88,11 @@ REPORTED: list[Reported] = [
     _lot("cifar10", 20, 20, "teacher-only", 92.10, 0.01), _lot("cifar10", 20, 20, "lot", 92.80, 0.05),
     _lot("cifar10", 20, 56, "lot", 92.85, 0.04), _lot("cifar10", 56, 56, "teacher-only", 93.37, 0.57),
     _lot("cifar10", 56, 20, "lot", 94.35, 0.05), _lot("cifar10", 56, 56, "lot", 94.28, 0.06),
-    Reported("lot", "ptb", "lstm_lm", "teacher-only", "test_ppl", 82.75, "perplexity", "third-party",
-             setting="PTB, LSTM, teacher-only (NeurIPS version)"),
-    Reported("lot", "ptb", "lstm_lm", "lot", "test_ppl", 71.72, "perplexity", "third-party",
-             setting="PTB, LSTM, LoT (NeurIPS version)"),
+    # the official PTB script's LSTM: 2 layers of 650 units (papers.md §4.3)
+    Reported("lot", "ptb", "lstm_lm-2x650", "teacher-only", "test_ppl", 82.75, "perplexity", "third-party",
+             setting="PTB, 2-layer 650-unit LSTM, teacher-only (NeurIPS version)"),
+    Reported("lot", "ptb", "lstm_lm-2x650", "lot", "test_ppl", 71.72, "perplexity", "third-party",
+             setting="PTB, 2-layer 650-unit LSTM, LoT (NeurIPS version)"),
     # L2T and L2T-DLN: no single-number result could be verified; their notebooks say so.
 ]
 
