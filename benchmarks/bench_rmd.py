@@ -96,7 +96,7 @@ def main() -> None:
     C, shape = 10, (1, 28, 28)
     net = build(args.model, shape, C, seed=0, device=device)
     P = sum(p.numel() for p in net.parameters())
-    teacher = dlf.DLFTeacher(C, 4 + C, seed=0).to(device)
+    teacher = dlf.DLFTeacher(C, 4 + C, gate="state", seed=0).to(device)
     theta = list(teacher.parameters())
     dev_x, dev_y = torch.randn(args.dev, *shape, device=device), torch.randint(0, C, (args.dev,), device=device)
     print(f"student {args.model}: P = {P} parameters; batch {args.batch}; dev {args.dev}; device {device}; "
@@ -107,11 +107,11 @@ def main() -> None:
     for K in args.ks:
         batches = [(torch.randn(args.batch, *shape, device=device), torch.randint(0, C, (args.batch,), device=device))
                    for _ in range(K)]
-        states = [torch.rand(4 + C, device=device) for _ in range(K)]
+        states = [torch.rand(1, 4 + C, device=device) for _ in range(K)]
 
-        def loss_fn(logits, y, k):
+        def loss_fn(logits, y, k):  # the cpu preset's loss: α·CE + (1 − α)·l_Φt with α = 0.5
             phi, b, _ = teacher(states[k])
-            return dlf.dlf_loss(logits, y, phi, b)
+            return dlf.student_loss(logits, y, phi[0], b[0], alpha=0.5).mean()
 
         def dev_fn(w):
             return dlf.smooth_error(functional_call(net, w, (dev_x,)), dev_y)

@@ -5,22 +5,27 @@
     trace = labkit.fit("mlp", splits, steps=2000, batch_size=128, lr=0.1, schedule="cosine", seed=0)
     print(trace.metrics["test_acc"])
 
-Submodules load on first use (`labkit.dlf`, `labkit.plots`, ...), so `import labkit` stays light.
+Everything loads on first use (`labkit.dlf`, `labkit.fit`, ...), so `import labkit` is light: a Dask worker that
+only runs notebooks does not import torch for it.
 """
 import importlib
 
-from . import checks, data, engine, models, population, seeds, stats, student, trace
-from .data import Split, Splits, resolve_device
-from .engine import Hooks, Run, fit, train
-from .student import StudentConfig, evaluate
-from .trace import Trace
-
 __version__ = "0.2.0"
-SUBMODULES = ("arena", "cli", "dlf", "dlf_model", "dln", "l2t", "lot", "meta", "papers", "plots", "report", "repro",
-              "reweight", "scenarios", "widgets")
+SUBMODULES = ("arena", "cards", "checkpoint", "checks", "cli", "cluster", "data", "dispatch", "dlf", "dlf_model",
+              "dln", "dln_model", "engine", "l2t", "l2t_policies", "lot", "meta", "models", "papers", "plots",
+              "population", "report", "repro", "reweight", "scenarios", "seeds", "stats", "student", "trace",
+              "widgets")
+NAMES = {"Split": "data", "Splits": "data", "resolve_device": "data", "Hooks": "engine", "Run": "engine",
+         "fit": "engine", "train": "engine", "StudentConfig": "student", "evaluate": "student", "Trace": "trace"}
 
 
 def __getattr__(name: str):
     if name in SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
+    if name in NAMES:
+        return getattr(importlib.import_module(f".{NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'labkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *SUBMODULES, *NAMES])

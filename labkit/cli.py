@@ -13,28 +13,43 @@ def _parser() -> argparse.ArgumentParser:
                                      "against the papers' numbers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{reproduce,report}")
 
-    p = sub.add_parser("reproduce", help="run notebooks with papermill for each seed (resumable)",
+    p = sub.add_parser("reproduce", help="run notebooks with papermill for each seed (resumable; Dask for many)",
                        description="Execute each named notebook (all in notebooks/ by default) with papermill for "
                        "seeds 0..N-1, writing the executed notebook, its offline HTML page, its Trace and "
                        "metrics.json under OUT/<notebook>/<preset>/seed-<k>/. Runs already complete are skipped, "
                        "so after an interruption the same command finishes only the missing runs. A failing "
-                       "notebook is reported with its error cell and the others go on. Exit status 0 only if "
-                       "every run passed.")
+                       "notebook is reported with its error cell and the others go on. Each (notebook, seed) run is "
+                       "one task: one after another in this process (default), on a Dask LocalCluster (--workers N) "
+                       "or on a Dask cluster (--scheduler ADDRESS). A run locked by another labkit reproduce on the "
+                       "same OUT is waited for, not run twice. Exit status 0 only if every run passed.")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="notebooks to run: a stem (00_tour), the name after the number (tour) or a unique prefix "
                         "(00); default: all")
     p.add_argument("--preset", default="cpu", help="smoke (< 60 s each, CI), cpu (< 15 min each on 2 cores, the "
                    "teaching default) or paper (the paper's settings, GPU); default: cpu")
-    p.add_argument("--seeds", type=int, default=2, help="number of independent runs of each notebook, with seeds 0..N-1 (default: 2); "
-                   "each deploys on its own students (seeds.deployment_seeds)")
+    p.add_argument("--seeds", type=int, default=2, help="number of independent runs of each notebook, with seeds "
+                   "0..N-1 (default: 2); each deploys on its own students (seeds.deployment_seeds)")
     p.add_argument("--out", default="runs", help="runs folder (default: runs)")
     p.add_argument("--notebooks", default=str(repro.NOTEBOOK_DIR), help="notebook folder (default: %(default)s)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
     p.add_argument("--no-html", action="store_true", help="skip the offline HTML export")
+    d = p.add_argument_group("where the runs go (labkit.dispatch)")
+    d.add_argument("--workers", type=int, default=1, help="N > 1: a Dask LocalCluster of N worker processes on this "
+                   "machine, one run each at a time (default: 1, every run in this process, no Dask)")
+    d.add_argument("--scheduler", metavar="ADDRESS", help="send the runs to the Dask scheduler at ADDRESS "
+                   "(tcp://host:8786), e.g. of a dask-jobqueue SLURMCluster; see docs/reproduce.md")
+    d.add_argument("--threads", type=int, help="torch threads per run (each kernel's OMP_NUM_THREADS; default: "
+                   "this machine's cores // --workers; on a --scheduler cluster, a worker's cores // the runs it "
+                   "holds at once). "
+                   "Numbers are identical across --workers at equal --threads")
+    d.add_argument("--gpus", type=int, help="GPUs per run, asked for as the Dask resource GPU (default: 1 for the "
+                   "paper preset, else 0; cluster workers declare theirs with --resources GPU=1)")
 
     r = sub.add_parser("report", help="table of measured results beside the papers' numbers",
-                       description="Gather OUT/*/*/seed-*/metrics.json of complete runs into one table: mean ± std "
-                       "over seeds with the preset, beside each paper's number, its provenance and the gap. "
+                       description="Gather OUT/*/*/seed-*/metrics.json of complete runs into one table: per "
+                       "experiment and method, the mean with its 95 % t-interval over deployment seeds, the paired "
+                       "difference to the baseline, and the paper's number (with its provenance) where the setting "
+                       "is the paper's. "
                        "Writes OUT/report.md and OUT/report.html and prints the Markdown.")
     r.add_argument("out", nargs="?", default="runs", help="runs folder (default: runs)")
     return parser
@@ -42,14 +57,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import repro
+    from .dispatch import Dispatch
 
     args = _parser().parse_args(argv)
     try:
         if args.command == "reproduce":
             if args.seeds < 1:
                 raise ValueError(f"--seeds {args.seeds} is not allowed: give a whole number >= 1")
+            dispatch = Dispatch(workers=args.workers, scheduler=args.scheduler, threads=args.threads, gpus=args.gpus)
             summary = repro.reproduce(args.names, preset=args.preset, seeds=list(range(args.seeds)), out=args.out,
-                                      notebook_dir=args.notebooks, kernel=args.kernel, html=not args.no_html)
+                                      notebook_dir=args.notebooks, kernel=args.kernel, html=not args.no_html,
+                                      dispatch=dispatch)
             for r in summary.failed:
                 print(f"FAILED {r.notebook} {r.preset} seed {r.seed}: {r.error}", file=sys.stderr)
             return 0 if summary.ok else 1

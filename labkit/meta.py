@@ -81,10 +81,10 @@ def sgd_meta_grad(model: nn.Module, params: Params, batches: list[tuple[torch.Te
     mode "snapshot": run the K steps without a graph, keep w_t of each step (memory K·P numbers, no activations;
         the reverse sweep does not need v_t), then sweep backwards with one Hessian-vector product per step (Maclaurin et al. 2015 style):
             ḡ = v̄_{t+1} - lr w̄_{t+1};  w̄_t = w̄_{t+1} + ∂(∇_w L_t · ḡ)/∂w_t + λ ḡ;  θ̄ += ∂(∇_w L_t · ḡ)/∂θ;  v̄_t = μ ḡ.
-    keep_activations (snapshot mode only): keep each step's forward graph (its activations; the weights are the
-        snapshots themselves) from the forward sweep, so that the reverse sweep does not recompute the forward
-        pass: the same numbers, about one forward pass per step faster, at the memory of K steps' activations
-        (small for an MLP, large for conv nets; unroll mode additionally keeps the double-backward graph).
+    keep_activations (snapshot mode only): take each step's gradient with its graph in the forward sweep and keep
+        it, so that the reverse sweep neither recomputes the forward pass nor the gradient (one vector-Jacobian
+        product per step): the same numbers, about a forward and a backward pass per step faster, at the memory of
+        K steps' activations and gradient graphs (small for an MLP, large for conv nets).
     Both modes give the same numbers up to floating-point rounding (tested against finite differences).
 
     model: the architecture (its parameters are not used, its buffers are); params: w_0 {name: [shape]};
@@ -124,15 +124,18 @@ def _forward_sweep(model, params, batches, loss_fn, lr, momentum, velocity, keep
     v = ([velocity[n].detach().clone() for n in names] if velocity is not None
          else [torch.zeros_like(p) for p in w_t])
     snapshots: list[list[torch.Tensor] | None] = []
-    kept: list[tuple[torch.Tensor, list[torch.Tensor]] | None] = []  # (loss_k, w_k leaves) with its forward graph
+    kept: list[tuple[list[torch.Tensor], list[torch.Tensor]] | None] = []  # (∇_w L_k with its graph, w_k leaves)
     losses = []
     for k, (x, y) in enumerate(batches):
         snapshots.append(w_t)
         inputs = [p.detach().requires_grad_() for p in w_t]
         loss = loss_fn(functional_call(model, dict(zip(names, inputs)), (x,)), y, k)
-        grads = torch.autograd.grad(loss, inputs, retain_graph=keep_activations)
+        # keep_activations: the gradient is taken with its graph once, here, and the reverse sweep differentiates
+        # it again without recomputing the forward pass or the gradient
+        grads = torch.autograd.grad(loss, inputs, create_graph=keep_activations)
         PASSES.add(forward=y.numel(), backward=y.numel())
-        kept.append((loss, inputs) if keep_activations else None)
+        kept.append((grads, inputs) if keep_activations else None)
+        grads = [g.detach() for g in grads]
         with torch.no_grad():
             torch._foreach_mul_(v, momentum)
             torch._foreach_add_(v, grads)
@@ -157,15 +160,15 @@ def _reverse_sweep(model, names, batches, loss_fn, meta_params, snapshots, kept,
                 torch._foreach_add_(g_bar, w_bar, alpha=-lr)
             else:
                 g_bar = torch._foreach_mul(w_bar, -lr)
-        if kept[k] is not None:  # the forward graph of step k is still there: no recomputation
-            loss, inputs = kept[k]
+        if kept[k] is not None:  # step k's gradient and its graph are still there: no recomputation
+            grads, inputs = kept[k]
             kept[k] = None
+            PASSES.add(backward=y.numel())  # the vector-Jacobian product
         else:
             inputs = [p.detach().requires_grad_() for p in snapshots[k]]
             loss = loss_fn(functional_call(model, dict(zip(names, inputs)), (x,)), y, k)
-            PASSES.add(forward=y.numel())
-        grads = torch.autograd.grad(loss, inputs, create_graph=True)
-        PASSES.add(backward=2 * y.numel())  # the gradient again, and its vector-Jacobian product
+            grads = torch.autograd.grad(loss, inputs, create_graph=True)
+            PASSES.add(forward=y.numel(), backward=2 * y.numel())  # the gradient again, and its product
         # one vector-Jacobian product of ∇_w L_k with ḡ gives both ∂(∇_w L_k · ḡ)/∂w_k and ∂(∇_w L_k · ḡ)/∂θ
         back = _flat_grads(grads, inputs + list(meta_params), grad_outputs=g_bar)
         with torch.no_grad():

@@ -7,11 +7,15 @@ Layout of a runs folder (`out`):
         <notebook>.html       the same as a standalone page (plotly.js embedded once, no network needed)
         metrics.json          written by the notebook's last cell
         trace.npz             the notebook's Trace
-    runs/report.md, runs/report.html   written by `report(out)`
+        kernel.log            the kernel process's own stderr, only when it wrote any
+        error.txt             why the last attempt failed (with <notebook>.failed.ipynb, stopped at the error)
+        .lock, .running       the per-run locks (see `labkit.dispatch`)
+    runs/report.md, runs/report.html   written by `labkit.report.report(out)`
 
 A run is complete only when both `metrics.json` and `<notebook>.ipynb` exist. The runner deletes a stale
 `metrics.json` before executing, executes into a temporary name, and renames it at the very end, so a run
-killed at any point is redone by the next `reproduce` and a completed one is never redone.
+killed at any point is redone by the next `reproduce` and a completed one is never redone. Where the runs go (this
+process, a Dask LocalCluster, a Dask cluster) is `labkit.dispatch`'s part.
 """
 from __future__ import annotations
 
@@ -19,14 +23,18 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .seeds import check_seeds
 from .trace import atomic_write_bytes, write_json
+
+if TYPE_CHECKING:
+    from .dispatch import Dispatch
 
 PRESETS = ("smoke", "cpu", "paper")
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -189,7 +197,11 @@ def export_html(notebook: str | Path, target: str | Path | None = None) -> Path:
     return target
 
 
-# ---------------------------------------------------------------- running
+# ---------------------------------------------------------------- running one notebook
+
+KERNEL_LOG = "kernel.log"   # the kernel process's own stdout/stderr (cells' outputs are in the notebook)
+ERROR_FILE = "error.txt"    # why the last attempt failed: read by a second `labkit reproduce` that waited for it
+
 
 @dataclass
 class RunResult:
@@ -197,7 +209,7 @@ class RunResult:
     preset: str
     seed: int
     directory: Path
-    status: str            # "done" | "skipped" (already complete) | "failed"
+    status: str            # "done" | "skipped" (already complete) | "elsewhere" (completed by another call) | "failed"
     seconds: float = 0.0
     error: str = ""
 
@@ -214,20 +226,11 @@ class Summary:
     def ok(self) -> bool:
         return not self.failed
 
-
-@contextmanager
-def _env(**values: str) -> Iterator[None]:
-    """Set environment variables for the kernels papermill starts (they inherit ours), then restore."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    def counts(self) -> str:
+        n = {s: sum(r.status == s for r in self.results) for s in ("done", "skipped", "elsewhere", "failed")}
+        elsewhere = f", {n['elsewhere']} done by another labkit reproduce" if n["elsewhere"] else ""
+        return (f"{len(self.results)} runs: {n['done']} done, {n['skipped']} already complete, "
+                f"{n['failed']} failed{elsewhere}")
 
 
 def describe_error(exc: BaseException) -> str:
@@ -242,24 +245,63 @@ def describe_error(exc: BaseException) -> str:
             f"{getattr(exc, 'ename', '')}: {getattr(exc, 'evalue', '')}")
 
 
-def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: str = "python3",
-            html: bool = True) -> RunResult:
-    """Execute `notebook` with parameters preset, seed, out_dir into its run folder (see module docstring)."""
+@lru_cache(maxsize=1)
+def _kernel_base() -> type:
+    from jupyter_client import AsyncKernelManager
+
+    class RunKernel(AsyncKernelManager):
+        """The kernel of one run. Why IPC: over TCP, ipykernel warns at every start that its ports are
+        unencrypted (any local user could connect to them); a Unix socket in a private folder reaches this user
+        only. Why a log file: the kernel process's own stderr (that warning where IPC is missing, C-level
+        warnings, a crash's last words) would otherwise interleave with the progress lines; a failed run names
+        the file."""
+
+        run_env: dict = {}
+        run_cwd: str = "."
+        run_log: str = KERNEL_LOG
+        ipc_dir: str = ""
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            if os.name == "posix":
+                self.transport, self.ip = "ipc", os.path.join(self.ipc_dir, "kernel")
+
+        async def start_kernel(self, **kw):
+            kw.update(env={**os.environ, **self.run_env}, cwd=self.run_cwd)
+            with open(self.run_log, "ab") as log:   # the child keeps its own copy of the descriptor
+                kw.update(stdout=log, stderr=log)
+                return await super().start_kernel(**kw)
+
+    return RunKernel
+
+
+def clear_stale(directory: Path, stem: str) -> None:
+    """Delete what an earlier attempt left (a metrics.json without its notebook is not trusted); checkpoints stay,
+    so the notebook resumes from them."""
+    for name in (METRICS_FILE, f"{stem}.ipynb", f"{stem}{PARTIAL_SUFFIX}", f"{stem}{FAILED_SUFFIX}", f"{stem}.html",
+                 KERNEL_LOG, ERROR_FILE):
+        (directory / name).unlink(missing_ok=True)
+
+
+def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: str = "python3", html: bool = True,
+            env: dict[str, str] | None = None, cwd: str | Path | None = None) -> RunResult:
+    """Execute `notebook` with parameters preset, seed, out_dir into its run folder (see module docstring).
+    env: variables for the kernel on top of this process's (LABKIT_STATIC=1 always); cwd: the kernel's working
+    folder (default: the notebook's)."""
     import papermill as pm
 
     stem = notebook.stem
     directory = run_dir(out, stem, preset, seed)
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"{stem}.ipynb"
-    partial = directory / f"{stem}{PARTIAL_SUFFIX}"
-    failed = directory / f"{stem}{FAILED_SUFFIX}"
-    # A metrics.json without the executed notebook is from a run killed after its last cell: not trusted.
-    for stale in (directory / METRICS_FILE, final, partial, failed, directory / f"{stem}.html"):
-        stale.unlink(missing_ok=True)
+    clear_stale(directory, stem)
+    final, partial = directory / f"{stem}.ipynb", directory / f"{stem}{PARTIAL_SUFFIX}"
+    log = directory / KERNEL_LOG
     start = time.perf_counter()
     try:
-        with _env(LABKIT_STATIC="1"):
-            pm.execute_notebook(str(notebook), str(partial), kernel_name=kernel, cwd=str(notebook.parent),
+        with tempfile.TemporaryDirectory(prefix="labkit-kernel-", dir=_short_tmp()) as ipc:
+            manager = type("Kernel", (_kernel_base(),), dict(run_env=dict(env or {}, LABKIT_STATIC="1"),
+                           run_cwd=str(cwd or notebook.parent), run_log=str(log), ipc_dir=ipc))
+            pm.execute_notebook(str(notebook), str(partial), kernel_name=kernel, kernel_manager_class=manager,
                                 parameters=dict(preset=preset, seed=int(seed), out_dir=str(directory.resolve())),
                                 progress_bar=False, log_output=False)
         if not (directory / METRICS_FILE).is_file():
@@ -270,46 +312,53 @@ def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: 
         return RunResult(stem, preset, seed, directory, "done", time.perf_counter() - start)
     except Exception as exc:  # noqa: BLE001 - one failing notebook must not stop the others
         if partial.exists():
-            os.replace(partial, failed)
+            os.replace(partial, directory / f"{stem}{FAILED_SUFFIX}")
         (directory / METRICS_FILE).unlink(missing_ok=True)
-        return RunResult(stem, preset, seed, directory, "failed", time.perf_counter() - start, describe_error(exc))
+        note = f" (the kernel's own output: {log})" if log.is_file() and log.stat().st_size else ""
+        return RunResult(stem, preset, seed, directory, "failed", time.perf_counter() - start,
+                         describe_error(exc) + note)
+    finally:
+        if log.is_file() and not log.stat().st_size:
+            log.unlink()
 
 
-def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: Sequence[int] = (0, 1), out: str | Path = "runs",
-              notebook_dir: str | Path = NOTEBOOK_DIR, kernel: str = "python3", html: bool = True,
-              log: Callable[[str], None] | None = None, progress: bool | None = None) -> Summary:
+def _short_tmp() -> str | None:
+    """A temporary folder whose paths fit a Unix socket address (at most 107 bytes)."""
+    return None if len(tempfile.gettempdir()) < 60 or not os.path.isdir("/tmp") else "/tmp"
+
+
+# ---------------------------------------------------------------- running many: `labkit reproduce`
+
+def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: Sequence[int] = (0, 1),
+              out: str | Path = "runs", notebook_dir: str | Path = NOTEBOOK_DIR, kernel: str = "python3",
+              html: bool = True, dispatch: "Dispatch | None" = None, log: Callable[[str], None] | None = None,
+              progress: bool | None = None) -> Summary:
     """Run each named notebook (all by default) once per seed in `seeds` (each an independent repetition: its own
-    data split, teacher and deployment students); skip runs already complete.
+    data split, teacher and deployment students); skip runs already complete. dispatch: where the runs go
+    (`labkit.dispatch.Dispatch`: this process by default, a LocalCluster, or a Dask cluster).
 
     Returns a Summary; `summary.ok` is False when any run failed (its error cell is in `RunResult.error`).
     """
+    from .dispatch import Dispatch, Job, drive, pool
     from .engine import progress as progress_bar
 
     check_preset(preset)
     seeds = check_seeds("seeds", seeds)
+    settings = (dispatch or Dispatch()).check()
     notebooks = resolve(names, discover(notebook_dir))
     if not notebooks:
         raise ValueError(f"no notebooks found in {notebook_dir}")
-    plan = [(nb, seed) for nb in notebooks for seed in seeds]
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [Job(nb, preset, seed, run_dir(out, nb.stem, preset, seed)) for nb in notebooks for seed in seeds]
     summary = Summary()
-    bar = progress_bar(plan, total=len(plan), desc=f"reproduce ({preset})", enabled=progress)
+    bar = progress_bar(total=len(jobs), desc=f"reproduce ({preset})", enabled=progress)
     write = log or (lambda msg: bar.write(msg, file=sys.stderr))
-    for nb, seed in bar:
-        directory = run_dir(out, nb.stem, preset, seed)
-        bar.set_postfix_str(f"{nb.stem} seed {seed}")
-        if is_complete(directory, nb.stem):
-            result = RunResult(nb.stem, preset, seed, directory, "skipped")
-            write(f"skip  {nb.stem} {preset} seed {seed}: already complete in {directory}")
-        else:
-            result = run_one(nb, preset, seed, out, kernel=kernel, html=html)
-            if result.status == "done":
-                write(f"done  {nb.stem} {preset} seed {seed} in {result.seconds:.0f} s -> {directory}")
-            else:
-                write(f"FAIL  {nb.stem} {preset} seed {seed} after {result.seconds:.0f} s: {result.error}\n"
-                      f"      the executed notebook, stopped at the error: "
-                      f"{directory / (nb.stem + FAILED_SUFFIX)}")
-        summary.results.append(result)
-    bar.close()
-    counts = {s: sum(r.status == s for r in summary.results) for s in ("done", "skipped", "failed")}
-    write(f"{len(plan)} runs: {counts['done']} done, {counts['skipped']} already complete, {counts['failed']} failed")
+    try:
+        with pool(settings, preset=preset, out=out, kernel=kernel, html=html, log=write) as runner:
+            write(runner.describe(len(jobs)))
+            drive(jobs, runner, summary, bar, write)
+    finally:
+        bar.close()
+    write(summary.counts())
     return summary

@@ -1,4 +1,5 @@
-"""labkit reproduce / report: names, resume after a kill, failures reported while others go on, exit codes."""
+"""labkit reproduce / report: names, resume after a kill, failures reported while others go on, exit codes, a clean
+terminal (the kernel's own stderr goes to kernel.log). The Dask side (LocalCluster, clusters, locks) is test_dask.py."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from labkit import cli, papers, repro
+from labkit import cli, repro, stats
+from labkit.report import report
 
 
 def write_notebook(path: Path, body: str) -> None:
@@ -58,22 +60,29 @@ def test_names_and_presets(tmp_path):
     assert cli.main(["reproduce", "--preset", "fast", "--notebooks", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert cli.main(["reproduce", "nope", "--notebooks", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert cli.main(["reproduce", "--seeds", "0", "--notebooks", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    for bad in (["--workers", "0"], ["--threads", "0"], ["--gpus", "-1"],
+                ["--scheduler", "tcp://h:8786", "--workers", "2"]):
+        assert cli.main(["reproduce", *bad, "--notebooks", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.notebook   # executes tiny notebooks with papermill (about 15 s)
-def test_failure_reported_others_go_on_then_resume(tmp_path, capsys):
+def test_failure_reported_others_go_on_then_resume(tmp_path, capfd):
     nbs, out = tmp_path / "notebooks", tmp_path / "runs"
     nbs.mkdir()
-    write_notebook(nbs / "00_good.ipynb", "finish()")
+    write_notebook(nbs / "00_good.ipynb", "os.write(2, b'noise from the kernel process\\n')\nfinish()")
     write_notebook(nbs / "01_bad.ipynb", "x = 1\nraise RuntimeError('boom at seed %d' % seed)")
     write_notebook(nbs / "02_silent.ipynb", "pass  # runs to the end but writes no metrics.json")
     write_notebook(nbs / "03_good.ipynb", "finish()")
     args = ["reproduce", "--preset", "smoke", "--seeds", "2", "--out", str(out), "--notebooks", str(nbs)]
 
     assert cli.main(args) == 1                       # some runs failed
-    err = capsys.readouterr().err
-    assert "FAILED 01_bad smoke seed 0: cell 3 of the executed notebook (execution count 4), starting 'x = 1'" in err and "RuntimeError: boom at seed 0" in err
+    err = capfd.readouterr().err                     # what the terminal shows, kernels' own stderr included
+    assert "without encryption" not in err and "noise from the kernel process" not in err
+    assert "noise from the kernel process" in (repro.run_dir(out, "00_good", "smoke", 0) / "kernel.log").read_text()
+    assert not (repro.run_dir(out, "03_good", "smoke", 0) / "kernel.log").exists()     # silent kernel: no log
+    assert "FAILED 01_bad smoke seed 0: cell 3 of the executed notebook (execution count 4), starting 'x = 1'" in err
+    assert "RuntimeError: boom at seed 0" in err
     assert "FAILED 02_silent smoke seed 1" in err and "wrote no metrics.json" in err
     for stem in ("00_good", "03_good"):              # the notebook after the failures ran too
         for seed in (0, 1):
@@ -86,13 +95,14 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capsys):
         d = repro.run_dir(out, stem, "smoke", 0)
         assert not repro.is_complete(d, stem) and not (d / "metrics.json").exists()
         assert (d / f"{stem}.failed.ipynb").is_file()    # kept, stopped at the error, for reading
+        assert (d / "error.txt").read_text().strip() in err
 
     # A run killed after its last cell but before the rename: metrics.json, a partial notebook, no notebook.
     killed = repro.run_dir(out, "00_good", "smoke", 1)
     os.replace(killed / "00_good.ipynb", killed / "00_good.partial.ipynb")
     kept = {(s, k): metrics(out, s, k)["run_id"] for s in ("00_good", "03_good") for k in (0, 1)}
     assert cli.main(args[:1] + ["00_good", "03"] + args[1:]) == 0
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "1 done, 3 already complete, 0 failed" in err
     assert repro.is_complete(killed, "00_good") and not (killed / "00_good.partial.ipynb").exists()
     assert metrics(out, "00_good", 1)["run_id"] != kept[("00_good", 1)]          # redone
@@ -100,10 +110,8 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capsys):
         if key != ("00_good", 1):
             assert metrics(out, *key)["run_id"] == run_id                         # not redone
 
-    text = repro.report(out)
+    text = report(out)
     assert (out / "report.md").read_text() == text and (out / "report.html").is_file()
-    assert "| 00_good | smoke | test_acc | 0.15 ± 0.071 (n=2)" in text
-    assert "01_bad" not in text.split("Failed runs")[0]                  # no row for a notebook with no complete run
     assert "01_bad/smoke/seed-0/01_bad.failed.ipynb" in text.split("Failed runs")[1]
 
 
@@ -138,51 +146,25 @@ def test_killed_process_resumes(tmp_path):
     assert repro.is_complete(seed1, "00_slow") and metrics(out, "00_slow", 0)["run_id"] == run_id
 
 
-def _fake_run(out: Path, stem: str, preset: str, seed: int, complete: bool = True, **values) -> None:
-    d = repro.run_dir(out, stem, preset, seed)
+def _run_with_metrics(out: Path, seed: int, values: dict, complete: bool = True) -> None:
+    """A run folder as a notebook leaves it: metrics.json through write_metrics, the executed notebook if complete."""
+    d = repro.run_dir(out, "00_tour", "smoke", seed)
     d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps(dict(notebook=stem, preset=preset, seed=seed, **values)))
+    exp = repro.experiment(stats.summarize(values, [1000 * seed, 1000 * seed + 1], baseline="ce"), metric="test_acc",
+                           dataset="mnist", model="mlp", setting="smoke")
+    repro.write_metrics(d, notebook="00_tour", preset="smoke", seed=seed, experiments={"mnist_mlp": exp})
     if complete:
-        (d / f"{stem}.ipynb").write_text("{}")
+        (d / "00_tour.ipynb").write_text("{}")
 
 
-def test_report_against_papers(tmp_path, capsys):
+def test_report_pools_complete_runs_only(tmp_path, capsys):
     out = tmp_path / "runs"
-    stem = "02_l2t_dlf_dynamic_loss"
-    _fake_run(out, stem, "cpu", 0, student="mlp", ce_test_err_mean=2.0, ce_test_err_std=0.1,
-              dlf_test_err_mean=1.9, lenet_dlf_test_err_mean=1.0, seconds=12.0)
-    _fake_run(out, stem, "cpu", 1, student="mlp", ce_test_err_mean=2.2, ce_test_err_std=0.1,
-              dlf_test_err_mean=2.1, lenet_dlf_test_err_mean=1.2, seconds=13.0)
-    _fake_run(out, stem, "cpu", 2, complete=False, student="mlp", ce_test_err_mean=0.9, dlf_test_err_mean=0.9)  # killed
-    _fake_run(out, stem, "paper", 0, student="lenet", ce_test_err_mean=1.1, dlf_test_err_mean=0.8)
-    _fake_run(out, "04_lot_learning_from_teaching", "smoke", 0, headline_config="mnist_mlp_mlp", lot_test_acc_mean=0.9)
-    _fake_run(out, "04_lot_learning_from_teaching", "paper", 0, headline_config="cifar10_20_56",
-              lot_test_acc_mean=0.9, teacher_only_test_acc_mean=0.91)
-    _fake_run(out, "00_tour", "smoke", 0, test_acc=0.97, test_loss=0.1, steps=300)
-    _fake_run(out, "05_future", "smoke", 0, new_metric_mean=3.0, new_metric_std=0.1)             # not mapped yet
+    _run_with_metrics(out, 0, {"ce": [0.9, 0.92], "dlf": [0.91, 0.95]})
+    _run_with_metrics(out, 1, {"ce": [0.93, 0.9], "dlf": [0.95, 0.94]})
+    _run_with_metrics(out, 2, {"ce": [0.1, 0.1], "dlf": [0.1, 0.1]}, complete=False)    # killed before the rename
     assert cli.main(["report", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| Wu et al. (dlf) | 02_l2t_dlf_dynamic_loss | cpu | ce_test_err_mean | 2.1 ± 0.14 (n=2) % test error " \
-           "| 1.94 % test error | recalled | MNIST, MLP, cross-entropy | +0.16 |" in text
-    assert "| dlf_test_err_mean | 2 ± 0.14 (n=2) % test error | 1.69 % test error | recalled |" in text
-    assert "| lenet_dlf_test_err_mean | 1.1 ± 0.14 (n=2) % test error | 0.77 % test error |" in text
-    assert "| 02_l2t_dlf_dynamic_loss | paper | ce_test_err_mean | 1.1 ± 0 (n=1) % test error | 0.98 % test error" in text
-    assert "| — | 04_lot_learning_from_teaching | smoke | lot_test_acc_mean | 0.9 ± 0 (n=1) | — |" in text
-    assert "| paper | lot_test_acc_mean | 90 ± 0 (n=1) % test acc | 92.85 ± 0.04 % test acc | review | " \
-           "CIFAR-10, LoT 20_56 | -2.85 |" in text
-    assert "| paper | teacher_only_test_acc_mean | 91 ± 0 (n=1) % test acc | 92.1 ± 0.01 % test acc |" in text
-    assert "| 00_tour | smoke | 100·(1 − test_acc) | 3 ± 0 (n=1) % test error | 1.94 % test error" in text
-    assert "| 00_tour | smoke | test_loss | 0.1 ± 0 (n=1) |" in text
-    assert "| steps |" not in text and "| seconds |" not in text
-    assert "| — | 05_future | smoke | new_metric_mean | 3 ± 0 (n=1) | — |" in text
-    assert "ce_test_err_std" not in text          # the killed seed 2 (0.9) is out: n=2 above
-    html = (out / "report.html").read_text()
-    assert "<td>recalled</td>" in html and "1.94 % test error" in html
-    with pytest.raises(ValueError, match="is not a folder"):
-        repro.report(tmp_path / "missing")
-
-
-def test_comparisons_name_real_paper_numbers():
-    for c in repro.COMPARISONS:
-        assert papers.get(c.paper, c.reported).paper == c.paper
-        assert c.convert in ("pct", "pct_err_from_acc", "same")
+    assert "| 00_tour | smoke | mnist_mlp | test_acc | ce | 91.25 ± 2.39 % (n = 4), 2 runs | (baseline) |" in text
+    assert "| dlf | 93.75 ± 3.01 % (n = 4), 2 runs | 2.50 ± 2.05 points (n = 4) helps (4 of 4) |" in text
+    assert (out / "report.md").read_text() == text.rstrip("\n") + "\n" and (out / "report.html").is_file()
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
