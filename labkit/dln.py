@@ -435,7 +435,7 @@ def compare(teacher: DLNTeacher, splits: Splits, cfg: Config, seeds: Sequence[in
     return results
 
 
-def summary(results: dict[str, list[Trace]], seeds: Sequence[int], cfg: Config, *, dataset: str,
+def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Splits, cfg: Config, *,
             setting: str = "", metric: str = "test_acc") -> dict:
     """`repro.experiment(stats.summarize(...))`: per method the per-seed `metric` (None: diverged), mean, 95 %
     t-interval, paired difference to CE. setting: what else the run changed (a scenario), before the budget."""
@@ -445,5 +445,5 @@ def summary(results: dict[str, list[Trace]], seeds: Sequence[int], cfg: Config, 
         f"{s.model} {s.model_kwargs or ''}, {s.steps} student steps of batch {s.batch_size}, SGD lr {s.lr}, K = "
         f"{cfg.window}, {cfg.teacher_updates} teacher updates, DLN init {cfg.init!r}, update_scale {cfg.update_scale:g}"
     )
-    return repro.experiment(stats.summarize(values, list(seeds), baseline="ce"), metric=metric, dataset=dataset,
+    return repro.experiment(stats.summarize(values, list(seeds), baseline="ce"), metric=metric, dataset=splits.name,
                             model=s.model, paper="dln", setting=setting)

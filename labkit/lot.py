@@ -170,7 +170,7 @@ def preset(name: str, setting: str = "mlp", **knobs) -> Config:
     return replace(SETTINGS[setting][name], **{k: v for k, v in knobs.items() if v is not None})
 
 
-def load(cfg: Config, *, seed: int = 0, device: str | torch.device = "auto") -> Splits | TextSplits:
+def load(cfg: Config, seed: int = 0, device: str | torch.device = "auto") -> Splits | TextSplits:
     """The data of `cfg`, split and scenario drawn from `seed`; text: dev/test cut to dev_size/test_size tokens."""
     if cfg.dataset == "ptb":
         t = data.load("ptb", device=device)
@@ -423,8 +423,8 @@ def sweep(splits: Splits | TextSplits, cfg: Config, alphas: Sequence[float], ns:
                 chosen=dict(alpha=alphas[c], student_steps=ns[r]), verdict=verdict)
 
 
-def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Splits | TextSplits, *,
-            setting: str = "") -> dict:
+def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Splits | TextSplits,
+            cfg: Config | None = None, *, setting: str = "") -> dict:
     """The experiment for metrics.json: test accuracy (text: test perplexity at the best-dev checkpoint) of each
     method paired by seed against teacher-only (`stats.summarize`, `repro.experiment`), with the scenario."""
     text, c = isinstance(splits, TextSplits), results[LOT][0].config
@@ -434,13 +434,9 @@ def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Split
     values = metric_values(results, "test_ppl_best_dev" if text else "test_acc")
     exp = repro.experiment(stats.summarize(values, seeds, baseline=CONTROL, higher_is_better=not text),
                            metric="test_ppl" if text else "test_acc", dataset=splits.name, paper="lot", setting=setting,
-                           model=_model_name(c, text))
+                           model=(f"lstm_lm-{c['model_kwargs'].get('layers', 2)}x{c['model_kwargs'].get('hidden', 200)}"
+                                  if text else f"{c['model']}/{c['student_model']}"))  # papers' names
     return dict(exp, scenario=list(getattr(splits, "scenario", ())))
-
-
-def _model_name(c: dict, text: bool) -> str:  # as `labkit.papers` names settings; an LM with its size
-    k = c.get("model_kwargs", {})
-    return f"lstm_lm-{k.get('layers', 2)}x{k.get('hidden', 200)}" if text else f"{c['model']}/{c['student_model']}"
 
 
 def imitability(results: dict[str, list[Trace]], seeds: Sequence[int]) -> dict[str, dict]:
