@@ -1,6 +1,7 @@
 """Cost of one LoT teacher step with N student steps, against one plain PyTorch teacher-only step.
 
-The bar (issue 5): a LoT step costs at most 1.4 x (1 + N) plain steps. Both are measured in the same run,
+The bar (issue 5): a LoT step costs at most 1.4 x (1 + N) plain steps (the deployed model's step and N steps of its
+imitator, through labkit's engine). Both are measured in the same run,
 on MNIST-shaped synthetic data held as tensors (no loading), with the MLP and LeNet at batch 128.
 Timings on a shared CPU are noisy: rounds interleave both measurements and each number is the best
 of `--rounds` rounds; on an oversubscribed CPU, `--threads 1` avoids thread-pool stalls.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from labkit import lot
 from labkit.data import from_tensors
 from labkit.models import build
+from labkit.student import StudentConfig
 
 
 def plain_steps(splits, model: str, steps: int, batch_size: int) -> float:
@@ -37,15 +40,18 @@ def plain_steps(splits, model: str, steps: int, batch_size: int) -> float:
 
 
 def lot_steps(splits, model: str, steps: int, batch_size: int, n: int) -> float:
-    """Seconds per teacher step of labkit.lot.train_lot with one student and N = n (evaluation off).
+    """Seconds per teacher step of `labkit.lot.train_teacher` with one imitator and N = n (evaluations off).
 
     The marginal cost: (time of 2·steps − time of steps) / steps, so that the run's fixed costs (building the
-    two models, the final evaluation and imitation probes) are not charged to the step.
+    models, the final evaluation and imitation probes) are not charged to the step.
     """
     def run(count: int) -> float:
+        student = StudentConfig(model=model, steps=count, batch_size=batch_size, lr=0.05, momentum=0.9,
+                                schedule="cosine", eval_every=0)
+        cfg = replace(lot.PRESETS["smoke"], student=student, student_steps=n, num_students=1, probe_size=64,
+                      student_model=None)
         start = time.perf_counter()
-        lot.train_lot(splits, model=model, steps=count, batch_size=batch_size, student_steps=n, lr=0.05,
-                      eval_every=0, probe_size=64, progress_bar=False)
+        lot.train_teacher(splits, cfg, 0, progress_bar=False)
         return time.perf_counter() - start
 
     return (run(2 * steps) - run(steps)) / steps
