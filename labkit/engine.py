@@ -103,6 +103,7 @@ class Run:
         self.first_loss: torch.Tensor | None = None
         self.best_dev = [math.inf] * S
         self._last_examples = 0  # examples of the last forward, counted as backward passes by `update`
+        self._dropout = _has_dropout(self.students)
 
     # ------------------------------------------------------------------ set-up
     def stream_seed(self, i: int, *what) -> int:
@@ -180,9 +181,10 @@ class Run:
         if isinstance(self.students, Looped):
             if self.students.stateful:
                 kwargs["restart"] = restart
-            if _has_dropout(self.students):
+            if self._dropout:
                 kwargs["dropout_seeds"] = [self.stream_seed(i, "dropout", self.step) for i in range(len(self.seeds))]
-        self.students.train()
+        if not self.students.training:  # train() walks every module: only when an evaluation switched it off
+            self.students.train()
         self._last_examples = self._examples(x)  # counted as backward passes by the `update` that follows
         PASSES.add(forward=self._last_examples)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
