@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 
 from ..stats import t_quantile
 from ..trace import Trace
@@ -50,14 +51,14 @@ def _png_uri(rgb: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def scaled_images(images) -> np.ndarray:
+def scaled_images(images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Images [N, C, H, W] (tensor or array) scaled to [0, 1] as one block (for the mosaics)."""
     images = np.asarray(images.detach().cpu() if hasattr(images, "detach") else images, dtype=float)
     lo, hi = float(images.min()), float(images.max())
     return (images - lo) / (hi - lo or 1.0)
 
 
-def l2t_keep_frame(trace: Trace, images, i: int, n_images: int = 16, cols: int = 8,
+def l2t_keep_frame(trace: Trace, images: np.ndarray, i: int, n_images: int = 16, cols: int = 8,
                    classes: Sequence[str] | None = None) -> tuple[str, dict]:
     """The i-th recorded step of a trace as (PNG data URI of the mosaic, text-trace fields): its first `n_images`
     shown examples, kept ones framed green, dropped ones red and faded, each with ✓/✗ and p(keep) (and "noisy" on an
@@ -78,9 +79,9 @@ def l2t_keep_frame(trace: Trace, images, i: int, n_images: int = 16, cols: int =
         hovertext=hover)
 
 
-def l2t_keep_scrubber(trace: Trace, images, *, n_images: int = 16, cols: int = 8, max_frames: int = 40,
-                      classes: Sequence[str] | None = None, title: str = "What the teacher keeps and drops",
-                      frame_ms: int = 400) -> go.Figure:
+def l2t_keep_scrubber(trace: Trace, images: np.ndarray | torch.Tensor, *, n_images: int = 16, cols: int = 8,
+                      max_frames: int = 40, classes: Sequence[str] | None = None,
+                      title: str = "What the teacher keeps and drops", frame_ms: int = 400) -> go.Figure:
     """Static keep/drop scrubber (animation frames, Play, a step slider; works with no kernel) over a recorded member
     of a deployment (arrays index, keep_mask, p_keep, labels[, corrupted]); images: the split "index" points into."""
     if "index" not in trace.arrays or not trace.arrays["index"]["value"]:
