@@ -12,6 +12,7 @@ and budget (`overrides` per method in `Config.methods`), how to train its teache
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -63,13 +64,28 @@ class Config:
 @dataclass
 class Entry:
     """A method in the arena. config(arena cfg, overrides) -> the method's Config; teach(splits, mcfg, seed) -> a
-    teacher (or None); deploy(teacher, splits, mcfg, seeds) -> Traces; needs: a scenario property it requires
-    ("corrupted": an oracle needs known corrupted labels)."""
+    teacher (or None); deploy(teacher, splits, mcfg, seeds, done) -> Traces, where `done` holds the scenario's
+    outcomes so far (RandTeach copies L2T's keep rates); needs: what the method requires of a scenario
+    ("corrupted": the oracle needs known corrupted labels) or which method must run first ("l2t": RandTeach)."""
 
     config: Callable[[Config, dict], Any]
     teach: Callable[[Splits, Any, int], Any]
-    deploy: Callable[[Any, Splits, Any, list[int]], list[Trace]]
+    deploy: Callable[..., list[Trace]]
     needs: str = ""
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f"labkit.{name}")
+
+
+def _module_config(module: str) -> Callable[[Config, dict], Any]:
+    """The method's preset (the arena's preset name) with the arena's student and the method's overrides."""
+    def build(cfg: Config, overrides: dict):
+        return replace(_module(module).PRESETS[cfg.preset], student=cfg.student, deployments=cfg.deployments,
+                       **overrides)
+    return build
 
 
 def _no_teacher(splits: Splits, mcfg: Any, seed: int) -> None:
@@ -80,55 +96,84 @@ def _plain(cfg: Config, overrides: dict) -> StudentConfig:
     return replace(cfg.student, **overrides)
 
 
-def _ce_deploy(teacher, splits: Splits, student: StudentConfig, seeds: list[int]) -> list[Trace]:
+def _ce(teacher, splits: Splits, student: StudentConfig, seeds: list[int], done) -> list[Trace]:
     return engine.train(engine.Run(splits, student, seeds), progress_bar=False)
 
 
-def _module_config(module: str) -> Callable[[Config, dict], Any]:
-    """The method's preset (the arena's preset name) with the arena's student and the method's overrides."""
-    def build(cfg: Config, overrides: dict):
-        import importlib
-
-        mod = importlib.import_module(f"labkit.{module}")
-        return replace(mod.PRESETS[cfg.preset], student=cfg.student, deployments=cfg.deployments, **overrides)
-    return build
+def _teach(module: str) -> Callable[[Splits, Any, int], Any]:
+    return lambda splits, mcfg, seed: _module(module).train_teacher(splits, mcfg, seed, progress_bar=False)[0]
 
 
-def _dlf_teach(splits, mcfg, seed):
-    from . import dlf
-
-    return dlf.train_teacher(splits, mcfg, seed, progress_bar=False)[0]
+def _deploy(module: str, **kwargs) -> Callable[..., list[Trace]]:
+    return lambda teacher, splits, mcfg, seeds, done: _module(module).deploy(teacher, splits, mcfg, seeds, **kwargs)
 
 
-def _dlf_deploy(teacher, splits, mcfg, seeds):
-    from . import dlf
-
-    return dlf.deploy(teacher, splits, mcfg, seeds, record=False, progress_bar=False)
-
-
-def _phi0_teach(splits, mcfg, seed):
-    from . import dlf
-
-    return dlf.untrained_teacher(splits, mcfg, seed).at_start()
+def _l2t_teach(splits: Splits, mcfg, seed: int):
+    """τ read on dev for this scenario (a τ no episode reaches leaves the teacher no signal), then REINFORCE."""
+    l2t = _module("l2t")
+    mcfg = replace(mcfg, tau=l2t.tau_for(splits, mcfg, seed))
+    return l2t.train_teacher(splits, mcfg, seed, progress_bar=False)[0], mcfg
 
 
-def _l2rw_teach(splits, mcfg, seed):
-    from . import reweight
+def _policy(make: Callable) -> Callable[..., list[Trace]]:
+    """Deploy an L2T batch policy; make(teacher, mcfg, splits, done) -> the policy's class and arguments."""
+    def deploy(teacher, splits, mcfg, seeds, done):
+        l2t, policies = _module("l2t"), _module("l2t_policies")
+        if isinstance(teacher, tuple):  # (the teacher, its config with the scenario's τ)
+            teacher, mcfg = teacher
+        name, args, kwargs = make(teacher, mcfg, splits, done)
+        policy = getattr(policies, name)(*args, **kwargs, **l2t._common(mcfg, None))
+        return l2t.deploy_policy(policy, splits, mcfg, seeds)
+    return deploy
 
-    return reweight.train_teacher(splits, mcfg, seed)[0]
+
+def _lot_deploy(teacher, splits, mcfg, seeds, done) -> list[Trace]:
+    return _module("lot").train_models(splits, mcfg, seeds, (seeding.DEPLOY,), mcfg.alpha)[1]
 
 
-def _l2rw_deploy(teacher, splits, mcfg, seeds):
-    from . import reweight
-
-    return reweight.deploy(teacher, splits, mcfg, seeds, progress_bar=False)
+def _spl(t, c, s, done):
+    return "SelfPaced", (c.spl[0] * math.log(s.num_classes), c.spl[1] * math.log(s.num_classes)), {}
 
 
 METHODS: dict[str, Entry] = {
-    "ce": Entry(_plain, _no_teacher, _ce_deploy),
-    "l2rw": Entry(_module_config("reweight"), _l2rw_teach, _l2rw_deploy),
-    "l2t-dlf": Entry(_module_config("dlf"), _dlf_teach, _dlf_deploy),
-    "phi0": Entry(_module_config("dlf"), _phi0_teach, _dlf_deploy),
+    "ce": Entry(_plain, _no_teacher, _ce),
+    "spl": Entry(_module_config("l2t"), _no_teacher, _policy(_spl)),
+    "l2t": Entry(_module_config("l2t"), _l2t_teach,
+                 _policy(lambda t, c, s, done: ("TeacherPolicy", (t,), {"sample": True}))),
+    "randteach": Entry(_module_config("l2t"), _no_teacher, _policy(lambda t, c, s, done: (
+        "RandTeach", ([tr.metrics["keep_rate"] or 0.0 for tr in done["l2t"].traces],), {})), needs="l2t"),
+    "oracle": Entry(_module_config("l2t"), _no_teacher, _policy(lambda t, c, s, done: ("Oracle", (), {})),
+                    needs="corrupted"),
+    "l2rw": Entry(_module_config("reweight"), _teach("reweight"), _deploy("reweight", progress_bar=False)),
+    "l2t-dlf": Entry(_module_config("dlf"), _teach("dlf"), _deploy("dlf", record=False, progress_bar=False)),
+    "phi0": Entry(_module_config("dlf"), lambda s, c, seed: _module("dlf").untrained_teacher(s, c, seed).at_start(),
+                  _deploy("dlf", record=False, progress_bar=False)),
+    "l2t-dln": Entry(_module_config("dln"), _teach("dln"), _deploy("dln", progress_bar=False)),
+    "lot": Entry(_module_config("lot"), _no_teacher, _lot_deploy),
+}
+
+
+_STUDENT = StudentConfig(model="mlp", model_kwargs={"hidden": (100,)}, steps=1000, batch_size=64, lr=0.05,
+                         momentum=0.9, eval_every=50)
+_SCENARIOS = {"clean": {}, "noisy-40%": {"kind": "noisy_labels", "rate": 0.4},
+              "imbalanced-20": {"kind": "imbalanced", "ratio": 20.0}, "small-1000": {"kind": "subsample", "size": 1000}}
+_METHODS = {"ce": {}, "spl": {}, "l2t": dict(episodes=48, group_size=8, max_steps=300, dev_read=None), "randteach": {},
+            "oracle": {}, "l2rw": dict(dev_batch=100), "l2t-dlf": dict(window=25, teacher_updates=20, dev_read=1000),
+            "phi0": {}, "l2t-dln": dict(window=10, teacher_updates=60), "lot": dict(student_steps=2, num_students=1)}
+PRESETS = {
+    # CI: every method runs, numbers mean nothing
+    "smoke": Config(student=replace(_STUDENT, model_kwargs={"hidden": (16,)}, steps=40, eval_every=10),
+                    scenarios={"clean": {}, "noisy-40%": {"kind": "noisy_labels", "rate": 0.4}},
+                    methods={"ce": {}, "spl": {}, "l2t": dict(episodes=4, group_size=2, max_steps=20, dev_read=None),
+                             "randteach": {}, "oracle": {}, "l2rw": {}, "l2t-dlf": dict(window=10, teacher_updates=2),
+                             "phi0": {}, "l2t-dln": dict(window=5, teacher_updates=2), "lot": {}},
+                    preset="smoke", deployments=2, train_size=3000, dev_size=500),
+    # the teaching default: MNIST, an MLP 784-100-10, 1000 steps, 5 seeds, four scenarios, small teacher budgets
+    "cpu": Config(student=_STUDENT, scenarios=_SCENARIOS, methods=_METHODS, preset="cpu", deployments=5),
+    # a GPU: the same protocol with 8 seeds and the ResNet-20 on CIFAR-10
+    "paper": Config(student=StudentConfig(model="resnet20", steps=20_000, batch_size=128, lr=0.1, momentum=0.9,
+                                          eval_every=1000), scenarios=_SCENARIOS, methods=_METHODS, preset="cpu",
+                    deployments=8, dataset="cifar10"),
 }
 
 
@@ -183,13 +228,13 @@ class Outcome:
         return self.teacher_seconds + self.deploy_seconds
 
 
-def play(entry: Entry, mcfg: Any, splits: Splits, seed: int, seeds: list[int]) -> Outcome:
+def play(entry: Entry, mcfg: Any, splits: Splits, seed: int, seeds: list[int], done: dict) -> Outcome:
     """Train the method's teacher and deploy it, timing each part and counting student passes."""
     with counting() as passes, PeakMemory() as memory:
         start = time.perf_counter()
         teacher = entry.teach(splits, mcfg, seed)
         mid = time.perf_counter()
-        traces = entry.deploy(teacher, splits, mcfg, seeds)
+        traces = entry.deploy(teacher, splits, mcfg, seeds, done)
         end = time.perf_counter()
     return Outcome(traces, mid - start, end - mid, passes.forward + passes.backward, memory.peak_mb)
 
@@ -216,9 +261,11 @@ def run(splits: Splits, cfg: Config, seed: int, *, progress_bar: bool | None = N
     for scenario, method in engine.progress(jobs, total=len(jobs), desc="arena", enabled=progress_bar):
         splits_s = scenario_splits(splits, cfg.scenarios[scenario], seed)
         entry = METHODS[method]
-        if entry.needs == "corrupted" and splits_s.train.clean_y is None:
+        lacking = (splits_s.train.clean_y is None) if entry.needs == "corrupted" else \
+            (bool(entry.needs) and entry.needs not in results[scenario])
+        if lacking:
             continue
-        outcome = play(entry, entry.config(cfg, cfg.methods[method]), splits_s, seed, seeds)
+        outcome = play(entry, entry.config(cfg, cfg.methods[method]), splits_s, seed, seeds, results[scenario])
         results[scenario][method] = outcome
         if log is not None:
             acc = stats.estimate([t.metrics.get("test_acc") for t in outcome.traces])
@@ -281,4 +328,29 @@ def winners(experiments: dict[str, dict]) -> dict[str, str]:
         else:
             text = "no method separates from cross-entropy"
         out[name] = text + (f"; hurts: {', '.join(hurting)}" if hurting else "")
+    return out
+
+
+def cost_table(costs: dict[str, dict]) -> str:
+    """A Markdown table of `summary`'s extras["costs"]: per scenario and method, the teacher's and the deployment's
+    wall time, both as a multiple of cross-entropy's, the student passes as a multiple, and the peak memory added."""
+    rows = [[scenario, m, f"{c['teacher_seconds']:.1f}", f"{c['deploy_seconds']:.1f}", f"{c['time_ratio']:.1f}x",
+             f"{c['passes_ratio']:.1f}x", "—" if c["peak_mb"] is None else f"{c['peak_mb']:.0f}"]
+            for scenario, cells in costs.items() for m, c in cells.items()]
+    return stats.markdown_table(["scenario", "method", "teacher s", "deployment s", "time / CE", "passes / CE",
+                                 "peak MB added"], rows)
+
+
+def check_predictions(predictions: dict[str, str | None], experiments: dict[str, dict]) -> list[str]:
+    """The reader's predicted winner per scenario against what was measured (`winners`)."""
+    measured, out = winners(experiments), []
+    for scenario, text in measured.items():
+        guess = predictions.get(scenario)
+        helping = [m for m, e in experiments[scenario]["methods"].items() if e["paired"] and e["paired"]["helps"]]
+        best = helping[0] if helping else None
+        if best is not None:
+            best = max(helping, key=lambda m: experiments[scenario]["methods"][m]["paired"]["difference"]["mean"])
+        verdict = ("no prediction" if guess is None else "right" if guess == best or (guess == "none" and best is None)
+                   else "not what was measured")
+        out.append(f"{scenario}: you predicted {guess!r} ({verdict}); measured: {text}.")
     return out

@@ -306,7 +306,7 @@ class _LoT(engine.Hooks):
         [r.load_state_dict(s) for r, s in zip(self.imitators, state["imitators"])]
 
 
-def _run(splits: Splits | TextSplits, cfg: Config, seeds: list[int], base: tuple, alpha: float, *,
+def train_models(splits: Splits | TextSplits, cfg: Config, seeds: list[int], base: tuple, alpha: float, *,
          checkpoint_dir=None, progress_bar=None) -> tuple[engine.Run, list[Trace]]:
     """Train S = len(seeds) deployed models (role `base`) with their imitators; returns the Run and its Traces."""
     hooks = _LoT(cfg, alpha, splits, len(seeds))
@@ -358,8 +358,8 @@ def train_teacher(splits: Splits | TextSplits, cfg: Config, seed: int, *, checkp
                   progress_bar: bool | None = None) -> tuple[nn.Module, Trace]:
     """Train one LoT model (the paper's teacher) with its imitators, role (TEACH, "lot"); returns the model (eval
     mode) and its Trace. `control(cfg)`: the teacher-only model of the seed. Checkpoints after every evaluation."""
-    run, traces = _run(splits, cfg, [seed], (seeding.TEACH, "lot"), cfg.alpha, checkpoint_dir=checkpoint_dir,
-                       progress_bar=progress_bar)
+    run, traces = train_models(splits, cfg, [seed], (seeding.TEACH, "lot"), cfg.alpha,
+                               checkpoint_dir=checkpoint_dir, progress_bar=progress_bar)
     return run.students.member(0).eval(), traces[0]
 
 
@@ -387,7 +387,8 @@ def compare(splits: Splits | TextSplits, cfg: Config, seeds: Sequence[int], *,
     {LOT: Traces, CONTROL: Traces[, LONG: Traces]}, one per seed; each part checkpoints in checkpoint_dir/<part>."""
     seeds, base = seeding.check_seeds("seeds", seeds), (seeding.DEPLOY,)
     where = {n: None if checkpoint_dir is None else Path(checkpoint_dir) / n for n in ("lot", "control", "long")}
-    results = {name: _run(splits, c, seeds, base, c.alpha, checkpoint_dir=where[part], progress_bar=progress_bar)[1]
+    results = {name: train_models(splits, c, seeds, base, c.alpha, checkpoint_dir=where[part],
+                                  progress_bar=progress_bar)[1]
                for name, c, part in ((LOT, cfg, "lot"), (CONTROL, control(cfg), "control"))}
     if cfg.equal_compute:  # teacher-only given LoT's total compute: (1 + N·K) x the steps, same seeds and role
         m = 1 + cfg.student_steps * cfg.num_students
@@ -408,8 +409,8 @@ def sweep(splits: Splits | TextSplits, cfg: Config, alphas: Sequence[float], ns:
     cfg = replace(cfg, student=replace(cfg.student, steps=cfg.sweep_steps or cfg.student.steps, eval_every=0))
     baseline = metric_values({0: engine.train(engine.Run(splits, cfg.student, seeds, role=base),
                                               progress_bar=progress_bar)}, key)[0]
-    grid = [[metric_values({0: _run(splits, replace(cfg, alpha=a, student_steps=n), seeds, base, a,
-                                    progress_bar=progress_bar)[1]}, key)[0] for a in alphas] for n in ns]
+    grid = [[metric_values({0: train_models(splits, replace(cfg, alpha=a, student_steps=n), seeds, base, a,
+                                            progress_bar=progress_bar)[1]}, key)[0] for a in alphas] for n in ns]
     diffs = [[stats.paired(v, baseline, higher_is_better=not text) for v in row] for row in grid]
     cells = [(r, c) for r in range(len(ns)) for c in range(len(alphas)) if diffs[r][c].difference.n]
     r, c = max(cells, key=lambda rc: sign * diffs[rc[0]][rc[1]].difference.mean) if cells else (0, 0)

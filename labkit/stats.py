@@ -179,7 +179,7 @@ def table(summary: dict, *, scale: float = 100.0, unit: str = " %", digits: int 
         p = m["paired"]
         d = _estimate(p["difference"])
         mark = " **helps**" if p["helps"] else " **hurts**" if p["hurts"] else ""
-        rows.append([name, est, d.format(digits, scale, diff_unit) + mark, f"{p['wins']} of {d.n}"])
+        rows.append([name, est, d.format(digits, scale, diff_unit, missing) + mark, f"{p['wins']} of {d.n}"])
     return markdown_table(["method", "mean ± 95 % interval", f"paired − {summary['baseline']}", "better on"], rows)
 
 
