@@ -2,6 +2,7 @@
 
     card/
       weights.pt      the teacher's tensors (torch.save of a dict of tensors; read with weights_only=True)
+      trace.npz       the teacher training's Trace (its curves, for the notebook and the gallery)
       card.json       method, preset, config, the seeds it was trained on, torch and labkit versions, its headline
                       metrics, and the SHA-256 of every other file
       picture.png     optional: the teacher's picture for the gallery (Φ heatmap, keep profile, loss surface, ...)
@@ -23,8 +24,8 @@ import torch
 from .checkpoint import plain
 from .trace import atomic_write_bytes, write_json
 
-CARD_FILE, WEIGHTS_FILE, PICTURE_FILE = "card.json", "weights.pt", "picture.png"
-CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"   # the cards the repository ships
+CARD_FILE, WEIGHTS_FILE, PICTURE_FILE, TRACE_FILE = "card.json", "weights.pt", "picture.png", "trace.npz"
+CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"   # the cards the repository ships (LABKIT_CARDS: another)
 
 
 class CardError(ValueError):
@@ -36,7 +37,7 @@ def _sha256(data: bytes) -> str:
 
 
 def save(directory: str | Path, *, method: str, preset: str, state: dict[str, torch.Tensor], config: dict,
-         seeds: list[int], metrics: dict, picture: bytes | None = None) -> Path:
+         seeds: list[int], metrics: dict, trace=None, picture: bytes | None = None) -> Path:
     """Write a card: `state` (the teacher's tensors), what it was trained with and on, and its headline metrics."""
     from . import __version__
 
@@ -44,6 +45,8 @@ def save(directory: str | Path, *, method: str, preset: str, state: dict[str, to
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, buffer)
     files = {WEIGHTS_FILE: buffer.getvalue()}
+    if trace is not None:
+        files[TRACE_FILE] = trace.to_bytes()
     if picture is not None:
         files[PICTURE_FILE] = picture
     for name, content in files.items():
@@ -76,13 +79,16 @@ def load(directory: str | Path, method: str) -> tuple[dict[str, torch.Tensor], d
 
 
 def card_dir(method: str, preset: str, seed: int, root: str | Path | None = None) -> Path:
-    """Where the card of (method, preset, seed) lives: <root or the repository's cards/>/<method>-<preset>-seed<k>."""
-    return Path(root if root is not None else CARDS_DIR) / f"{method}-{preset}-seed{seed}"
+    """Where the card of (method, preset, seed) lives: <root, else $LABKIT_CARDS, else the repository's cards/>/
+    <method>-<preset>-seed<k>."""
+    import os
+
+    return Path(root or os.environ.get("LABKIT_CARDS") or CARDS_DIR) / f"{method}-{preset}-seed{seed}"
 
 
 def load_or_train(directory: str | Path, method: str, config: dict, train: Callable[[], tuple[Any, dict]],
                   restore: Callable[[dict], Any], *, force: bool = False,
-                  elsewhere: str | Path | None = None) -> tuple[Any, str]:
+                  elsewhere: str | Path | None = None) -> tuple[Any, str, Path, bool]:
     """The teacher from the card in `directory` when it is there, was trained with exactly `config`, and `force` is
     False; else `train()`, and the new card is written to `directory` (or, when `directory` holds a card of another
     config, to `elsewhere`, so a shipped card is not overwritten by a run with changed knobs).
@@ -94,11 +100,76 @@ def load_or_train(directory: str | Path, method: str, config: dict, train: Calla
     if (directory / CARD_FILE).is_file() and not force:
         state, card = load(directory, method)
         if card["config"] == plain(config):
-            return restore(state), f"loaded the card {directory} (trained on seeds {card['seeds']})"
+            return restore(state), f"loaded the card {directory} (trained on seeds {card['seeds']})", directory, True
         directory = Path(elsewhere) if elsewhere is not None else directory
         why = "the card in the repository was trained with other settings"
     else:
         why = "forced" if force else "no card yet"
     teacher, fields = train()
     save(directory, method=method, config=config, **fields)
-    return teacher, f"trained ({why}); wrote the card {directory}"
+    return teacher, f"trained ({why}); wrote the card {directory}", directory, False
+
+
+# ---------------------------------------------------------------- the methods' teachers as tensors
+
+def teacher_state(method: str, teacher) -> dict[str, torch.Tensor]:
+    """The tensors that make up a method's trained teacher."""
+    if method == "dln":
+        return {**{f"lstm.{k}": v for k, v in teacher.lstm.state_dict().items()},
+                **{f"initial.{i}": w for i, w in enumerate(teacher.initial_weights)},
+                **{f"weights.{i}": w for i, w in enumerate(teacher.weights)}}
+    return teacher.state_dict()  # l2t's policy net, dlf's teacher, lot's deployed model: nn.Modules
+
+
+def restore(method: str, state: dict[str, torch.Tensor], splits, cfg, seed: int):
+    """The teacher `teacher_state` saved, rebuilt for `splits` and `cfg` (on the splits' device, eval mode)."""
+    import importlib
+
+    module = importlib.import_module(f"labkit.{method}")
+    if method == "dlf":
+        teacher = module.untrained_teacher(splits, cfg, seed)
+    elif method == "l2t":
+        teacher = module.Teacher(splits.num_classes, init_keep=cfg.init_keep, seed=0)
+    elif method == "lot":
+        from .models import build
+
+        teacher = build(cfg.student.model, splits.in_shape, splits.num_classes, **cfg.student.model_kwargs)
+    elif method == "dln":
+        lstm = module.LSTMTeacher(cfg.lstm_hidden)
+        lstm.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("lstm.")})
+        part = lambda p: [state[f"{p}.{i}"].to(splits.device) for i in range(sum(k.startswith(f"{p}.") for k in state))]  # noqa: E731
+        return module.DLNTeacher(lstm.to(splits.device).requires_grad_(False), part("initial"), part("weights"),
+                                 {"seed": seed})
+    else:
+        raise ValueError(f"method={method!r} is not allowed: choose 'l2t', 'dlf', 'dln' or 'lot'")
+    teacher.load_state_dict(state)
+    return teacher.to(splits.device).eval()
+
+
+def teacher(method: str, splits, cfg, seed: int, *, name: str, preset: str, force: bool = False,
+            checkpoint_dir: str | Path | None = None, root: str | Path | None = None,
+            elsewhere: str | Path | None = None):
+    """A method's teacher from its card (`card_dir(f"{method}-{name}", preset, seed)`) when one was trained with
+    this config on this data, else `train_teacher` (resumable in `checkpoint_dir`) and a new card.
+    Returns (teacher, the teacher training's Trace, what happened in words)."""
+    import importlib
+    from dataclasses import asdict
+
+    from .trace import Trace
+
+    module = importlib.import_module(f"labkit.{method}")
+    config = dict(asdict(cfg), seed=seed, dataset=splits.name, train_size=len(splits.train),
+                  scenario=list(getattr(splits, "scenario", ())))
+    directory = card_dir(f"{method}-{name}", preset, seed, root)
+    trained = {}
+
+    def train():
+        t, tr = module.train_teacher(splits, cfg, seed, checkpoint_dir=checkpoint_dir)
+        trained["trace"] = tr
+        return t, dict(preset=preset, state=teacher_state(method, t), seeds=[seed], metrics=tr.metrics, trace=tr)
+
+    t, how, where, loaded = load_or_train(directory, method, config, train,
+                                          lambda state: restore(method, state, splits, cfg, seed), force=force,
+                                          elsewhere=elsewhere)
+    trace = Trace.from_bytes((where / TRACE_FILE).read_bytes()) if loaded else trained["trace"]
+    return t, trace, how
