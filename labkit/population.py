@@ -8,6 +8,7 @@ x [B, ...], to logits [S, B, C]:
 |----------------|---------------------------------------------------|-------------------------|
 | `StackedMLP`   | weights stacked [S, in, out], `torch.baddbmm`     | `mlp`                   |
 | `GroupedLeNet` | grouped convolutions (groups = S), stacked fc     | `lenet`                 |
+| `Vmapped`      | `torch.func.vmap` over `functional_call`          | the ResNets on CUDA     |
 | `Looped`       | one member after another                          | every model (the fallback) |
 
 Member i starts from the weights `models.build(name, ..., seed=seeds[i])` gives, and its parameters get exactly
@@ -18,6 +19,7 @@ numbers up to float rounding (the batched kernels add in another order).
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Sequence
 
 import torch
@@ -224,18 +226,60 @@ class GroupedLeNet(_Stacked):
         return m
 
 
+class Vmapped(_Stacked):
+    """S copies of any module without dropout or recurrent state as one: parameters and buffers stacked
+    (`torch.func.stack_module_state`), the forward `vmap`ped over `functional_call`. BatchNorm's running statistics
+    are stacked buffers, updated in place per member. On a GPU this runs the members' kernels as one batch; on a CPU
+    it gains little over `Looped` (tests use it there for its numbers)."""
+
+    def __init__(self, members: Sequence[nn.Module], example_dims: int):
+        super().__init__()
+        from torch.func import stack_module_state
+
+        self.size, self.example_dims = len(members), example_dims
+        params, buffers = stack_module_state(list(members))
+        self.names, self.buffer_names = list(params), list(buffers)
+        self.stacked = nn.ParameterList(nn.Parameter(params[n].detach()) for n in self.names)
+        for i, n in enumerate(self.buffer_names):
+            self.register_buffer(f"buffer_{i}", buffers[n].detach().clone())
+        object.__setattr__(self, "_template", copy.deepcopy(members[0]).to("meta"))  # not a submodule
+
+    def _state(self) -> tuple[dict, dict]:
+        return (dict(zip(self.names, self.stacked)),
+                {n: getattr(self, f"buffer_{i}") for i, n in enumerate(self.buffer_names)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [S, B, ...] or [B, ...] -> logits [S, B, C]."""
+        from torch.func import functional_call, vmap
+
+        template = self._template.train(self.training)
+        params, buffers = self._state()
+        x_dim = 0 if self._per_member(x) else None
+        return vmap(lambda p, b, xi: functional_call(template, (p, b), (xi,)), in_dims=(0, 0, x_dim))(params, buffers, x)
+
+    def member(self, i: int) -> nn.Module:
+        m = copy.deepcopy(self._template).to_empty(device=self.stacked[0].device)
+        params, buffers = self._state()
+        with torch.no_grad():
+            m.load_state_dict({n: t[i] for n, t in {**params, **buffers}.items()})
+        return m
+
+
 def population(name: str, in_shape: tuple[int, ...] | None, num_classes: int, seeds: Sequence[int], *,
                device: str | torch.device = "cpu", batched: bool | None = None, **kwargs) -> Population:
     """S = len(seeds) students of model `name` as one Population; member i's initial weights are
     `build(name, in_shape, num_classes, seed=seeds[i], **kwargs)`'s.
 
-    batched: None (default) stacks `mlp` and `lenet` when S >= 2 and loops otherwise; False always loops.
+    batched: None (default) stacks `mlp` and `lenet` when S >= 2, vmaps the other models (not `lstm_lm`) when
+    S >= 2 on CUDA, and loops otherwise; True batches whenever it can (vmap on the CPU too); False always loops.
     """
     members = [build(name, in_shape, num_classes, seed=s, device=device, **kwargs) for s in seeds]
     if not members:
         raise ValueError("seeds=[] is not allowed: a population needs at least one member")
     example_dims = 0 if name == "lstm_lm" else len(in_shape)
-    stack = (name in BATCHED and len(members) >= 2) if batched is None else (batched and name in BATCHED)
-    if not stack:
+    many, cuda = len(members) >= 2, torch.device(device).type == "cuda"
+    if batched is False or name == "lstm_lm" or not (many or batched):
         return Looped(members, example_dims)
-    return (StackedMLP(members, example_dims) if name == "mlp" else GroupedLeNet(members)).to(device)
+    if name in BATCHED:
+        return (StackedMLP(members, example_dims) if name == "mlp" else GroupedLeNet(members)).to(device)
+    return Vmapped(members, example_dims).to(device) if (batched or cuda) else Looped(members, example_dims)

@@ -202,3 +202,26 @@ def test_population_of_one_equals_fit():
     b = engine.fit("mlp", splits, CFG, seed=5, progress_bar=False)
     assert a.scalars == b.scalars
     assert isinstance(population("mlp", (4,), 3, [1]), Looped)
+
+
+def test_a_vmapped_resnet_population_with_batchnorm_trains_as_its_members_alone():
+    """The GPU path for the ResNets (torch.func.vmap over stacked weights and BatchNorm buffers), run on the CPU:
+    every member's weights and running statistics end as they would alone (augmentation and weight decay on)."""
+    from labkit.population import Vmapped
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(300) % 10
+    x = torch.randn(300, 3, 16, 16, generator=g) + y.view(-1, 1, 1, 1) * 0.1
+    splits = data.from_tensors(x[:250], y[:250], dev_size=50, test=(x[250:], y[250:]), augment=True)
+    cfg = StudentConfig(model="resnet8", steps=6, batch_size=8, lr=0.05, weight_decay=1e-4, clip=2.0, eval_every=3)
+    pop = population("resnet8", splits.in_shape, 10, [seeds.derive(s, "deploy", "init") for s in (0, 1)], batched=True)
+    assert isinstance(pop, Vmapped)
+    run = engine.Run(splits, cfg, [0, 1], students=pop)
+    traces = engine.train(run, progress_bar=False)
+    for i, s in enumerate((0, 1)):
+        alone = engine.Run(splits, cfg, [s])
+        trace = engine.train(alone, progress_bar=False)[0]
+        a, b = run.students.member(i).state_dict(), alone.students.member(0).state_dict()
+        for name in a:
+            torch.testing.assert_close(a[name].float(), b[name].float(), atol=1e-5, rtol=1e-4)
+        assert traces[i].metrics["test_acc"] == pytest.approx(trace.metrics["test_acc"], abs=0.021)
