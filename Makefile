@@ -1,6 +1,7 @@
 # labkit: the two commands of the README's quick start, and their parts.
 #   make reproduce   set up .venv, run every notebook's reproduction (cpu preset) on the bundled data, report
 #   make test        set up .venv (and Chromium for the browser test, where apt is at hand), run the tests
+#   make site        the course site in build/site (the student versions executed with PRESET); make exercises
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ SEEDS ?= 1
 LABKIT_DATA ?= $(if $(wildcard ../shared/data/MNIST),$(abspath ../shared/data),$(CURDIR)/data)
 export LABKIT_DATA
 
-.PHONY: setup reproduce report test test-fast browser-deps lab bench clean
+.PHONY: setup reproduce report test test-fast browser-deps lab bench clean exercises site
 
 $(BIN)/labkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,15 @@ test: setup browser-deps
 test-fast: setup
 	$(BIN)/python -m pytest -q -ra -m "not browser and not notebook and not slow"
 
+# The student versions of the notebooks (every exercise's solution replaced by its placeholder) in build/exercises.
+exercises: setup
+	$(BIN)/labkit exercises build/exercises
+
+# The static site in build/site: the student versions executed with PRESET (cpu by default, about an hour; smoke in
+# CI, minutes), Sphinx + MyST-NB, offline. Serve it with: python3 -m http.server -d build/site
+site: setup
+	$(BIN)/labkit course site --preset $(PRESET) --out build/site
+
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
@@ -45,4 +55,4 @@ bench: setup
 	$(BIN)/python benchmarks/bench_fit.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build

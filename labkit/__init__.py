@@ -11,10 +11,10 @@ only runs notebooks does not import torch for it.
 import importlib
 
 __version__ = "0.2.0"
-SUBMODULES = ("arena", "cards", "checkpoint", "checks", "cli", "cluster", "data", "dispatch", "dlf", "dlf_model",
-              "dln", "dln_model", "engine", "l2t", "l2t_policies", "lot", "meta", "models", "papers", "plots",
-              "population", "report", "repro", "reweight", "scenarios", "seeds", "stats", "student", "trace",
-              "widgets")
+SUBMODULES = ("arena", "cards", "checkpoint", "checks", "cli", "cluster", "course", "data", "dispatch", "dlf",
+              "dlf_model", "dln", "dln_model", "engine", "exercises", "l2t", "l2t_policies", "lot", "meta", "models",
+              "papers", "plots", "population", "report", "repro", "reweight", "scenarios", "seeds", "stats", "student",
+              "trace", "widgets")
 NAMES = {"Split": "data", "Splits": "data", "resolve_device": "data", "Hooks": "engine", "Run": "engine",
          "fit": "engine", "train": "engine", "StudentConfig": "student", "evaluate": "student", "Trace": "trace"}
 

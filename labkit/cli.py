@@ -1,4 +1,5 @@
-"""`labkit reproduce` and `labkit report` (see labkit.repro)."""
+"""`labkit reproduce` and `labkit report` (see labkit.repro); `labkit exercises` and `labkit course` (labkit.exercises,
+labkit.course)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="labkit", description="Reproduce the lab's notebooks and report them "
                                      "against the papers' numbers.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{reproduce,report}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{reproduce,report,exercises,course}")
 
     p = sub.add_parser("reproduce", help="run notebooks with papermill for each seed (resumable; Dask for many)",
                        description="Execute each named notebook (all in notebooks/ by default) with papermill for "
@@ -52,7 +53,51 @@ def _parser() -> argparse.ArgumentParser:
                        "is the paper's. "
                        "Writes OUT/report.md and OUT/report.html and prints the Markdown.")
     r.add_argument("out", nargs="?", default="runs", help="runs folder (default: runs)")
+    r.add_argument("--figures", metavar="DIR", help="also write each run's headline figures to DIR as PNG and SVG, for "
+                   "slides (plotly's kaleido driving Chromium: BROWSER_PATH, else /usr/bin/chromium)")
+    _course_parsers(sub)
     return parser
+
+
+def _course_parsers(sub) -> None:
+    """`labkit exercises` and `labkit course` (labkit.exercises, labkit.course)."""
+    e = sub.add_parser("exercises", help="write the student versions of the notebooks (solutions removed)",
+                       description="Write each notebook with its exercises' solutions removed (every '# BEGIN "
+                       "SOLUTION: placeholder' ... '# END SOLUTION' block becomes its placeholder line) and its "
+                       "outputs cleared, to OUT_DIR/<notebook>.ipynb. The notebooks in notebooks/ are the solution "
+                       "versions; the checks report an unsolved exercise as unsolved.")
+    e.add_argument("out_dir", metavar="OUT_DIR", help="folder for the student versions")
+    e.add_argument("names", nargs="*", metavar="NAME", help="notebooks (as for reproduce; default: all)")
+    e.add_argument("--notebooks", help="notebook folder (default: the repository's notebooks/)")
+    c = sub.add_parser("course", help="the Colab badge and install cell of every notebook (labkit.course)")
+    c.add_argument("action", choices=["badges", "site"], help="badges: write the badge and the install cell, from "
+                   "labkit.course.REPOSITORY; site: build the static site (the student versions executed with "
+                   "--preset, Sphinx + MyST-NB) into --out")
+    c.add_argument("names", nargs="*", metavar="NAME", help="notebooks (default: all)")
+    c.add_argument("--notebooks", help="notebook folder (default: the repository's notebooks/)")
+    c.add_argument("--check", action="store_true", help="badges: write nothing; exit 1 if a notebook is missing them "
+                   "or stale")
+    c.add_argument("--preset", default="cpu", help="site: the preset the notebooks run with (default: cpu)")
+    c.add_argument("--out", default="build/site", help="site: the output folder (default: build/site)")
+    c.add_argument("--force", action="store_true", help="site: execute every notebook again")
+
+
+def _course(args) -> int:
+    if args.command == "exercises":
+        from .course import write_student_versions
+
+        for path, blocks in write_student_versions(args.out_dir, args.names, args.notebooks).items():
+            print(f"{path}: {blocks} solution block(s) removed")
+        return 0
+    from .course import badges, build_site
+
+    if args.action == "site":
+        print(f"site: {build_site(args.out, args.preset, args.names, force=args.force)}")
+        return 0
+    changed = badges(args.names, args.notebooks, check=args.check)
+    for path in changed:
+        print(f"{path.name}: {'stale or missing' if args.check else 'written'}")
+    return 1 if args.check and changed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,9 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in summary.failed:
                 print(f"FAILED {r.notebook} {r.preset} seed {r.seed}: {r.error}", file=sys.stderr)
             return 0 if summary.ok else 1
+        if args.command in ("exercises", "course"):
+            return _course(args)
         from .report import report
 
         print(report(args.out))
+        if args.figures:
+            from .report import figures
+
+            for path in figures(args.out, args.figures):
+                print(f"figure: {path}")
         return 0
     except ValueError as exc:
         print(f"labkit {args.command}: error: {exc}", file=sys.stderr)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
+
+import numpy as np
 
 from . import papers, stats
 from .repro import METRICS, METRICS_FILE, FAILED_SUFFIX, is_complete
@@ -130,3 +133,97 @@ def report(out: str | Path = "runs") -> str:
     atomic_write_bytes(out / "report.md", text.encode())
     atomic_write_bytes(out / "report.html", report_html(out).encode())
     return text
+
+
+# ---------------------------------------------------------------- figures for slides (`labkit report --figures DIR`)
+
+CHROMIUM = "/usr/bin/chromium"   # Debian's Chromium: kaleido (>= 1) drives it, found through BROWSER_PATH
+
+
+def _still(fig):
+    """An animated scrubber as one still (its shown frame, the last step): no frames, Play button or slider."""
+    fig.frames, fig.layout.updatemenus, fig.layout.sliders = (), (), ()
+    return fig.update_layout(margin=dict(b=60))
+
+
+def signature_figures(trace, teacher=None) -> dict:
+    """name -> plotly Figure: the method's own picture of one saved deployment Trace, chosen by what it holds (Φ_t:
+    L2T-DLF; the loss surface: L2T-DLN; imitation KL: LoT; keep decisions: L2T; the dev confusion: the tour). A
+    diverged run gives none (it is not data). teacher: the DLF teacher's Trace, whose init_scale gives Φ_0 = c·I."""
+    from . import plots
+
+    if trace.diverged:
+        return {}
+    out = {}
+    if "phi" in trace.arrays:
+        C = trace.stack("phi")[1].shape[-1]
+        classes, scale = [str(c) for c in range(C)], teacher.config.get("init_scale") if teacher is not None else None
+        if scale is None:   # without the teacher's Trace Φ_0 is unknown: show what changes over the run instead
+            fig = plots.dlf_phi_scrubber(trace, classes, np.zeros((C, C)), reference="mean")
+        else:
+            fig = plots.dlf_phi_scrubber(trace, classes, scale * np.eye(C), title="Φ_T − Φ_0 at the end of training")
+        out["phi"] = _still(fig)
+    elif "loss_surface" in trace.arrays:
+        out["loss_surface"] = _still(plots.dln_surface_scrubber(trace, title="The learned loss at the last window"))
+    elif any(name.startswith("kl_test") for name in trace.scalars):   # kl_test/<imitator k>
+        out["kl_curves"] = plots.lot_kl_curves({"LoT": [trace]}, title="Imitation KL of the LoT model's students")
+    elif "keep_mask" in trace.arrays:
+        seen = int(max(np.max(v) for v in trace.arrays["labels"]["value"])) + 1 if "labels" in trace.arrays else 10
+        classes = {"mnist": 10, "cifar10": 10, "cifar100": 100}.get(trace.config.get("dataset"), seen)
+        out["keep_rates"] = plots.l2t_keep_rate_by_class(trace, classes)
+    elif "confusion" in trace.arrays:
+        steps, confusion = trace.stack("confusion")
+        out["confusion"] = _still(plots.confusion_scrubber(steps, confusion, [str(c) for c in range(confusion.shape[-1])]))
+    if "dev_acc" in trace.scalars:
+        out["dev_acc"] = plots.curves(trace, ["dev_acc"], title="Dev accuracy of the deployed student",
+                                      y_title="accuracy")
+    return out
+
+
+def _figures_of(runs_dir: Path, stem: str, preset: str, runs: list[dict]) -> dict:
+    """name -> Figure for one (notebook, preset): every pooled experiment's bars, the first run's signature."""
+    from . import plots
+    from .trace import Trace
+
+    out = {}
+    for name, exp in pooled(runs).items():
+        scale, unit, _ = _scale(exp["metric"])
+        n = exp["methods"][exp["baseline"]]["estimate"]["n"]
+        out[name if exp["metric"] in name else f"{name}-{exp['metric']}"] = plots.interval_bars(
+            exp, scale=scale, title=f"{stem} · {name}: mean with its 95 % interval over {n} seeds",
+            y_title=exp["metric"] + unit)
+    first = sorted((d for d in (runs_dir / stem / preset).glob("seed-*") if (d / "trace.npz").is_file()),
+                   key=lambda d: int(d.name.split("-")[1]))
+    if first:
+        teacher = Trace.load(first[0] / "teacher") if (first[0] / "teacher" / "trace.npz").is_file() else None
+        out.update(signature_figures(Trace.load(first[0]), teacher))
+    return out
+
+
+def figures(out: str | Path, target: str | Path, *, formats: tuple[str, ...] = ("png", "svg"), width: int = 960,
+            height: int = 540) -> list[Path]:
+    """Write the headline figures of every complete run in `out` to target/<notebook>/<preset>/<name>.<format>
+    (16:9 for slides; PNG at twice the pixels), rebuilt from metrics.json and the saved Traces; returns the paths.
+    Needs plotly's kaleido and a Chromium: BROWSER_PATH, else /usr/bin/chromium."""
+    import os
+
+    import plotly.io as pio
+
+    try:
+        import kaleido  # noqa: F401  (plotly.io uses it; named here for a clear error)
+    except ImportError as exc:
+        raise ValueError("--figures needs kaleido: pip install 'labkit[figures]' (and a Chromium)") from exc
+    if "BROWSER_PATH" not in os.environ and Path(CHROMIUM).exists():
+        os.environ["BROWSER_PATH"] = CHROMIUM
+    out, target = Path(out), Path(target)
+    figs, paths = [], []
+    for (stem, preset), runs in sorted(gather(out).items()):
+        for name, fig in _figures_of(out, stem, preset, runs).items():
+            for fmt in formats:
+                figs.append(fig)
+                paths.append(target / stem / preset / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.{fmt}")
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    if figs:
+        pio.write_images(figs, [str(p) for p in paths], scale=2, width=width, height=height)   # one browser for all of them
+    return paths
