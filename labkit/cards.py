@@ -25,7 +25,8 @@ from .checkpoint import plain
 from .trace import atomic_write_bytes, write_json
 
 CARD_FILE, WEIGHTS_FILE, PICTURE_FILE, TRACE_FILE = "card.json", "weights.pt", "picture.png", "trace.npz"
-CARDS_DIR = Path(__file__).resolve().parent.parent / "cards"   # the cards the repository ships (LABKIT_CARDS: another)
+# the cards the repository ships, as package data (a wheel carries them to Colab); LABKIT_CARDS: another folder
+CARDS_DIR = Path(__file__).resolve().parent / "teacher_cards"
 
 
 class CardError(ValueError):
@@ -79,7 +80,7 @@ def load(directory: str | Path, method: str) -> tuple[dict[str, torch.Tensor], d
 
 
 def card_dir(method: str, preset: str, seed: int, root: str | Path | None = None) -> Path:
-    """Where the card of (method, preset, seed) lives: <root, else $LABKIT_CARDS, else the repository's cards/>/
+    """Where the card of (method, preset, seed) lives: <root, else $LABKIT_CARDS, else labkit/teacher_cards>/
     <method>-<preset>-seed<k>."""
     import os
 
@@ -173,3 +174,52 @@ def teacher(method: str, splits, cfg, seed: int, *, name: str, preset: str, forc
                                           elsewhere=elsewhere)
     trace = Trace.from_bytes((where / TRACE_FILE).read_bytes()) if loaded else trained["trace"]
     return t, trace, how
+
+
+# ---------------------------------------------------------------- the gallery
+
+def shipped(root: str | Path | None = None) -> list[Path]:
+    """The card folders under `root` (default: $LABKIT_CARDS or labkit/teacher_cards), sorted."""
+    import os
+
+    root = Path(root or os.environ.get("LABKIT_CARDS") or CARDS_DIR)
+    return sorted(p.parent for p in root.glob(f"*/{CARD_FILE}"))
+
+
+def show(directory: str | Path) -> None:
+    """Display one card in a notebook: what it is, what it was trained on, its headline metrics, and its picture
+    (the teacher training's signature figure, from the card's Trace; `labkit.report.signature_figures`)."""
+    import json as _json
+
+    from IPython.display import Markdown, display
+
+    from .report import signature_figures
+    from .trace import Trace
+
+    directory = Path(directory)
+    card = _json.loads((directory / CARD_FILE).read_text())
+    load(directory, card["method"])   # the checksums hold before anything is shown
+    numbers = {k: v for k, v in card["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    display(Markdown(f"### {directory.name}\n\nmethod `{card['method']}`, preset `{card['preset']}`, trained on seeds "
+                     f"{card['seeds']} with torch {card['torch']}, labkit {card['labkit']}; "
+                     + ", ".join(f"{k} {v:.4g}" for k, v in list(numbers.items())[:6])))
+    if (directory / TRACE_FILE).is_file():
+        trace = Trace.from_bytes((directory / TRACE_FILE).read_bytes())
+        for fig in signature_figures(trace, teacher=trace).values():
+            fig.show()
+
+
+def gallery_notebook(root: str | Path | None = None):
+    """A notebook (nbformat) that shows every card: the site's gallery page."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    cells = [new_markdown_cell("# Gallery: the trained teachers\n\nEvery teacher card the repository ships "
+                               "(`labkit.cards`): a notebook loads it instead of training when its settings and data "
+                               "match, so a class does not wait on training. Each shows what it was trained on and "
+                               "its teacher training's picture."),
+             new_code_cell("import labkit\nlabkit.plots.setup_notebook()")]
+    cells += [new_code_cell(f"labkit.cards.show({str(p)!r})") for p in shipped(root)]
+    if len(cells) == 2:
+        cells.append(new_markdown_cell("No card yet: `make reproduce` writes the cpu presets' cards."))
+    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                              "language": "python"}})

@@ -226,6 +226,18 @@ def execute_students(work: Path, preset: str, names: Sequence[str] = (), *, seed
     return executed
 
 
+def _gallery(target: Path) -> None:
+    """The gallery page: every shipped teacher card (`labkit.cards.gallery_notebook`), executed."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .cards import gallery_notebook
+
+    nb = gallery_notebook()
+    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(target.parent)}}).execute()
+    nbformat.write(nb, target)
+
+
 def build_site(out: str | Path = "build/site", preset: str = "cpu", names: Sequence[str] = (), *,
                work: str | Path = "build/site-work", force: bool = False) -> Path:
     """The static site: the student versions executed with `preset`, the docs pages, Sphinx + MyST-NB (execution
@@ -249,6 +261,7 @@ def build_site(out: str | Path = "build/site", preset: str = "cpu", names: Seque
             shutil.copy(page, src / "docs" / page.name)
     for path in executed:
         _strip_widgets(path, src / "notebooks" / path.name)
+    _gallery(src / "gallery.ipynb")
     shutil.rmtree(out, ignore_errors=True)   # a clean build: no page or copy left from an earlier one
     done = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", "-c", str(DOCS), str(src), str(out)],
                           capture_output=True, text=True)

@@ -38,11 +38,15 @@ _CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "fro
 
 
 def data_root() -> Path:
-    """The folder datasets are read from and downloaded to."""
+    """The folder datasets are read from and downloaded to: $LABKIT_DATA, else data/ of the repository labkit runs
+    from, else (an installed package, e.g. on Colab) ~/.cache/labkit/data."""
     env = os.environ.get("LABKIT_DATA")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parent.parent / "data"
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "data"
+    return Path.home() / ".cache" / "labkit" / "data"
 
 
 @dataclass

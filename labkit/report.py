@@ -171,6 +171,8 @@ def signature_figures(trace, teacher=None) -> dict:
         seen = int(max(np.max(v) for v in trace.arrays["labels"]["value"])) + 1 if "labels" in trace.arrays else 10
         classes = {"mnist": 10, "cifar10": 10, "cifar100": 100}.get(trace.config.get("dataset"), seen)
         out["keep_rates"] = plots.l2t_keep_rate_by_class(trace, classes)
+    elif "reward" in trace.scalars:   # an L2T teacher's training: the reward per episode
+        out["reward"] = plots.l2t_reward_curve(trace)
     elif "confusion" in trace.arrays:
         steps, confusion = trace.stack("confusion")
         out["confusion"] = _still(plots.confusion_scrubber(steps, confusion, [str(c) for c in range(confusion.shape[-1])]))
