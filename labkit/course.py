@@ -232,9 +232,13 @@ def _gallery(target: Path) -> None:
     from nbclient import NotebookClient
 
     from .cards import gallery_notebook
+    from .repro import quiet_kernel
 
     nb = gallery_notebook()
-    NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(target.parent)}}).execute()
+    log = target.parent.parent / "gallery-kernel.log"   # outside the Sphinx source folder
+    with quiet_kernel(log, target.parent) as manager:
+        NotebookClient(nb, kernel_name="python3", timeout=600, kernel_manager_class=manager,
+                       resources={"metadata": {"path": str(target.parent)}}).execute()
     nbformat.write(nb, target)
 
 

@@ -440,4 +440,5 @@ def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Split
     setting = (f"{c.pretrain_steps} CE steps, then {c.steps} steps (K = {cfg.window}, {cfg.teacher_updates} "
                f"teacher updates, gate {cfg.gate}, alpha {cfg.alpha})")
     return repro.experiment(stats.summarize(values, list(seeds), baseline="ce"), metric="test_acc",
-                            dataset=splits.name, model=c.model, paper="dlf", setting=setting)
+                            dataset=splits.name, model=c.model, paper="dlf", setting=setting,
+                            scenario=splits.scenario)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +13,9 @@ from torch import nn
 from . import seeds as seeding
 from .checks import check_choice, check_float, check_int
 from .student import upcast
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SURROGATES = ("smooth_error", "expected_error")
 GATES = ("state", "progress", "static")

@@ -446,4 +446,4 @@ def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Split
         f"{cfg.window}, {cfg.teacher_updates} teacher updates, DLN init {cfg.init!r}, update_scale {cfg.update_scale:g}"
     )
     return repro.experiment(stats.summarize(values, list(seeds), baseline="ce"), metric=metric, dataset=splits.name,
-                            model=s.model, paper="dln", setting=setting)
+                            model=s.model, paper="dln", setting=setting, scenario=splits.scenario)

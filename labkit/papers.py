@@ -113,8 +113,11 @@ def matching(paper: str | None, dataset: str, model: str, method: str, metric: s
 
 def beside(experiment: dict) -> list[dict]:
     """For each method of an experiment (`repro.experiment`) that the paper reports in the same setting: the
-    measured estimate, the paper's number (in labkit's metric) with its provenance, and the gap."""
+    measured estimate, the paper's number (in labkit's metric) with its provenance, and the gap. An experiment on a
+    changed training split (a scenario: label noise, imbalance, a subsample) is not the paper's setting: none."""
     rows = []
+    if experiment.get("scenario"):
+        return rows
     for method, m in experiment["methods"].items():
         r = matching(experiment.get("paper"), experiment["dataset"], experiment["model"], method, experiment["metric"])
         if r is None:

@@ -25,10 +25,11 @@ import re
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from .seeds import check_seeds
 from .trace import atomic_write_bytes, write_json
@@ -56,17 +57,19 @@ METRICS = {
 
 
 def experiment(summary: dict, *, metric: str, dataset: str, model: str, paper: str | None = None,
-               setting: str = "") -> dict:
+               setting: str = "", scenario: Sequence[dict] = ()) -> dict:
     """One comparison of methods on the same seeds (a `labkit.stats.summarize` result) with what it measured:
     the report reads these keys. paper: the paper whose number this setting can be set against ("l2t", "dlf",
-    "dln", "lot"; None: none); setting: the budget in words ("cpu preset: 1500 steps ...")."""
+    "dln", "lot"; None: none); setting: the budget in words ("cpu preset: 1500 steps ..."); scenario: what was done
+    to the training split (`splits.scenario`): a paper's clean-data number is never set beside it."""
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is not allowed: choose one of {', '.join(METRICS)}")
     unit, higher, _ = METRICS[metric]
     if summary.get("higher_is_better") != higher:
         raise ValueError(f"the summary's higher_is_better={summary.get('higher_is_better')} disagrees with "
                          f"{metric} ({'higher' if higher else 'lower'} is better)")
-    return dict(summary, metric=metric, unit=unit, dataset=dataset, model=model, paper=paper, setting=setting)
+    return dict(summary, metric=metric, unit=unit, dataset=dataset, model=model, paper=paper, setting=setting,
+                scenario=list(scenario))
 
 
 def check_metrics(metrics: dict) -> None:
@@ -266,6 +269,13 @@ def _kernel_base() -> type:
             if os.name == "posix":
                 self.transport, self.ip = "ipc", os.path.join(self.ipc_dir, "kernel")
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client sends SIGINT before every shutdown request; the kernel of a finished run is idle, and
+            # depending on timing the signal makes it log "KeyboardInterrupt caught in kernel". A run that times
+            # out is still interrupted: nbclient calls the public interrupt_kernel, which this does not change.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
         async def start_kernel(self, **kw):
             kw.update(env={**os.environ, **self.run_env}, cwd=self.run_cwd)
             with open(self.run_log, "ab") as log:   # the child keeps its own copy of the descriptor
@@ -273,6 +283,15 @@ def _kernel_base() -> type:
                 return await super().start_kernel(**kw)
 
     return RunKernel
+
+
+@contextmanager
+def quiet_kernel(log: str | Path, cwd: str | Path, env: dict[str, str] | None = None) -> Iterator[type]:
+    """A kernel manager class for papermill or nbclient (`kernel_manager_class=`): IPC in a private folder, the
+    kernel's own output appended to `log`, `env` on top of this process's, working folder `cwd`."""
+    with tempfile.TemporaryDirectory(prefix="labkit-kernel-", dir=_short_tmp()) as ipc:
+        yield type("Kernel", (_kernel_base(),), dict(run_env=dict(env or {}), run_cwd=str(cwd), run_log=str(log),
+                                                     ipc_dir=ipc))
 
 
 def clear_stale(directory: Path, stem: str) -> None:
@@ -298,9 +317,7 @@ def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: 
     log = directory / KERNEL_LOG
     start = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="labkit-kernel-", dir=_short_tmp()) as ipc:
-            manager = type("Kernel", (_kernel_base(),), dict(run_env=dict(env or {}, LABKIT_STATIC="1"),
-                           run_cwd=str(cwd or notebook.parent), run_log=str(log), ipc_dir=ipc))
+        with quiet_kernel(log, cwd or notebook.parent, dict(env or {}, LABKIT_STATIC="1")) as manager:
             pm.execute_notebook(str(notebook), str(partial), kernel_name=kernel, kernel_manager_class=manager,
                                 parameters=dict(preset=preset, seed=int(seed), out_dir=str(directory.resolve())),
                                 progress_bar=False, log_output=False)

@@ -165,4 +165,5 @@ def summary(results: dict[str, list[Trace]], seeds: Sequence[int], splits: Split
     """Test accuracy per method, paired against cross-entropy (metrics.json's experiment)."""
     return repro.experiment(stats.summarize(metric_values(results, "test_acc"), list(seeds), baseline="ce"),
                             metric="test_acc", dataset=splits.name, model=cfg.student.model,
-                            setting=f"{cfg.student.steps} steps, dev batch {cfg.dev_batch}")
+                            setting=f"{cfg.student.steps} steps, dev batch {cfg.dev_batch}",
+                            scenario=splits.scenario)
