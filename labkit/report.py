@@ -60,15 +60,15 @@ def experiment_rows(stem: str, preset: str, name: str, exp: dict) -> list[list[s
     paper_rows = {r["method"]: r for r in papers.beside(exp)}
     rows = []
     for method, m in exp["methods"].items():
-        est = stats.Estimate(**m["estimate"])
-        measured = est.format(digits, scale, unit, exp.get("missing", "diverged")) + \
+        est, missing = stats.Estimate(**m["estimate"]), exp.get("missing", "diverged")
+        measured = est.format(digits, scale, unit, missing) + \
             (f", {exp['runs']} runs" if exp["runs"] > 1 else "")
         if m["paired"] is None:
             diff = "(baseline)"
         else:
             d = stats.Estimate(**m["paired"]["difference"])
             mark = " helps" if m["paired"]["helps"] else " hurts" if m["paired"]["hurts"] else ""
-            diff = f"{d.format(digits, scale, unit.strip() and ' points')}{mark} ({m['paired']['wins']} of {d.n})"
+            diff = f"{d.format(digits, scale, unit.strip() and ' points', missing)}{mark} ({m['paired']['wins']} of {d.n})"
         r = paper_rows.get(method)
         reported = r["reported"] if r else "—"
         gap = f"{r['gap'] * scale:+.{digits}f}{unit and ' points'}" if r and r["gap"] is not None else "—"

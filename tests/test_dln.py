@@ -476,6 +476,6 @@ def test_live_scrubber_slider_changes_the_heatmap(taught):
 
 
 def _named(name):
-    """A stand-in for Splits where only the name is read."""
+    """A stand-in for Splits where only the name and the scenario are read."""
     from types import SimpleNamespace
-    return SimpleNamespace(name=name)
+    return SimpleNamespace(name=name, scenario=[])

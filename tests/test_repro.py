@@ -168,3 +168,16 @@ def test_report_pools_complete_runs_only(tmp_path, capsys):
     assert "| dlf | 93.75 ± 3.01 % (n = 4), 2 runs | 2.50 ± 2.05 points (n = 4) helps (4 of 4) |" in text
     assert (out / "report.md").read_text() == text.rstrip("\n") + "\n" and (out / "report.html").is_file()
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_report_names_why_a_value_is_missing():
+    """A run that never reached the threshold is 'not reached' in both columns, never 'diverged'."""
+    from labkit.report import experiment_rows, pooled
+
+    summary = stats.summarize({"ce": [300.0, 320.0, 280.0], "slow": [None, 400.0, 380.0]}, [0, 1, 2], baseline="ce",
+                              higher_is_better=False, missing="not reached")
+    exp = repro.experiment(summary, metric="steps_to_dev_acc", dataset="mnist", model="mlp")
+    runs = [dict(notebook="05_arena", preset="smoke", seed=0, experiments={"x": exp})]
+    row = {r[4]: r for r in experiment_rows("05_arena", "smoke", "x", pooled(runs)["x"])}["slow"]
+    assert "1 not reached" in row[5] and "1 not reached" in row[6], row
+    assert "diverged" not in " ".join(row)
