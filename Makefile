@@ -1,5 +1,6 @@
 # labkit: the two commands of the README's quick start, and their parts.
 #   make reproduce   set up .venv, run every notebook's reproduction (cpu preset) on the bundled data, report
+#                    (RETRAIN=1: train the teachers again instead of loading the shipped cards)
 #   make test        set up .venv (and Chromium for the browser test, where apt is at hand), run the tests
 #   make site        the course site in build/site (the student versions executed with PRESET); make exercises
 PYTHON ?= python3
@@ -7,6 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PRESET ?= cpu
 SEEDS ?= 1
+RETRAIN ?=
 # The bundled data beside the checkout (../shared/data), else data/ (downloads land there).
 LABKIT_DATA ?= $(if $(wildcard ../shared/data/MNIST),$(abspath ../shared/data),$(CURDIR)/data)
 export LABKIT_DATA
@@ -22,7 +24,7 @@ $(BIN)/labkit: pyproject.toml
 setup: $(BIN)/labkit
 
 reproduce: setup
-	$(BIN)/labkit reproduce --preset $(PRESET) --seeds $(SEEDS) --out runs
+	$(BIN)/labkit reproduce --preset $(PRESET) --seeds $(SEEDS) --out runs $(if $(RETRAIN),--retrain)
 	$(BIN)/labkit report runs
 
 report: setup

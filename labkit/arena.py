@@ -34,7 +34,8 @@ class Config:
     """student: every method's deployed student (the budget: its steps). scenarios: name -> spec for
     `data.apply_scenario` ({} for clean data; the scenario's seed is the run's). methods: the methods to run, in
     order, each with overrides of its module's preset (teacher budgets). target: steps-to-reach uses this share
-    of cross-entropy's mean final dev accuracy in the scenario. deployments: seeds per cell."""
+    of cross-entropy's mean final dev accuracy in the scenario. deployments: seeds per cell. preset: which of each
+    method module's presets its teacher settings start from (the student is always this config's)."""
 
     student: StudentConfig
     scenarios: dict[str, dict] = field(default_factory=dict)

@@ -25,6 +25,7 @@ from .checkpoint import plain
 from .trace import atomic_write_bytes, write_json
 
 CARD_FILE, WEIGHTS_FILE, PICTURE_FILE, TRACE_FILE = "card.json", "weights.pt", "picture.png", "trace.npz"
+RETRAIN_ENV = "LABKIT_RETRAIN"   # "1": every notebook trains its teachers, as if no card existed
 # the cards the repository ships, as package data (a wheel carries them to Colab); LABKIT_CARDS: another folder
 CARDS_DIR = Path(__file__).resolve().parent / "teacher_cards"
 
@@ -152,12 +153,15 @@ def teacher(method: str, splits, cfg, seed: int, *, name: str, preset: str, forc
             elsewhere: str | Path | None = None):
     """A method's teacher from its card (`card_dir(f"{method}-{name}", preset, seed)`) when one was trained with
     this config on this data, else `train_teacher` (resumable in `checkpoint_dir`) and a new card.
-    Returns (teacher, the teacher training's Trace, what happened in words)."""
+    force (or LABKIT_RETRAIN=1 in the environment, as `labkit reproduce --retrain` sets): train even where a card
+    holds this teacher. Returns (teacher, the teacher training's Trace, what happened in words)."""
     import importlib
+    import os
     from dataclasses import asdict
 
     from .trace import Trace
 
+    force = force or os.environ.get(RETRAIN_ENV) == "1"
     module = importlib.import_module(f"labkit.{method}")
     config = dict(asdict(cfg), seed=seed, dataset=splits.name, train_size=len(splits.train),
                   scenario=list(getattr(splits, "scenario", ())))

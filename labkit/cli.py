@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", default=str(repro.NOTEBOOK_DIR), help="notebook folder (default: %(default)s)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: python3)")
     p.add_argument("--no-html", action="store_true", help="skip the offline HTML export")
+    p.add_argument("--retrain", action="store_true", help="train every teacher even where a card holds it (and write "
+                   "the new cards); on this machine and a --workers cluster (it sets LABKIT_RETRAIN=1)")
     d = p.add_argument_group("where the runs go (labkit.dispatch)")
     d.add_argument("--workers", type=int, default=1, help="N > 1: a Dask LocalCluster of N worker processes on this "
                    "machine, one run each at a time (default: 1, every run in this process, no Dask)")
@@ -109,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "reproduce":
             if args.seeds < 1:
                 raise ValueError(f"--seeds {args.seeds} is not allowed: give a whole number >= 1")
+            if args.retrain:
+                import os
+
+                from .cards import RETRAIN_ENV
+
+                os.environ[RETRAIN_ENV] = "1"   # inherited by every kernel (and by LocalCluster workers)
             dispatch = Dispatch(workers=args.workers, scheduler=args.scheduler, threads=args.threads, gpus=args.gpus)
             summary = repro.reproduce(args.names, preset=args.preset, seeds=list(range(args.seeds)), out=args.out,
                                       notebook_dir=args.notebooks, kernel=args.kernel, html=not args.no_html,

@@ -61,6 +61,14 @@ def test_a_card_of_other_settings_is_not_used_and_not_overwritten(tmp_path):
     assert how.startswith("trained (forced)")
 
 
+def test_labkit_retrain_in_the_environment_forces_training(tmp_path, monkeypatch):
+    splits = _splits()
+    cards.teacher("dlf", splits, CFG, 0, name="x", preset="test", root=tmp_path)
+    assert cards.teacher("dlf", splits, CFG, 0, name="x", preset="test", root=tmp_path)[2].startswith("loaded")
+    monkeypatch.setenv(cards.RETRAIN_ENV, "1")
+    assert cards.teacher("dlf", splits, CFG, 0, name="x", preset="test", root=tmp_path)[2].startswith("trained (forced)")
+
+
 @pytest.mark.parametrize("method", ["l2t", "lot"])
 def test_module_teachers_round_trip(method):
     import importlib
