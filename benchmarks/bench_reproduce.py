@@ -27,14 +27,18 @@ import tempfile
 import time
 from pathlib import Path
 
-TIMING = re.compile(r"time|seconds|wall", re.IGNORECASE)   # extras that measure the clock, not the method
+# what measures the machine (clock, memory), not the method: dropped at any depth before comparing
+MACHINE = re.compile(r"time|seconds|wall|peak_mb|memory", re.IGNORECASE)
 
 
-def numbers(metrics: dict) -> dict:
-    """What must be identical between two runs of one notebook, preset and seed."""
-    extras = {k: v for k, v in metrics.get("extras", {}).items() if not TIMING.search(k)}
-    rest = {k: v for k, v in metrics.items() if k not in ("extras",) and not TIMING.search(k)}
-    return dict(rest, extras=extras)
+def numbers(value):
+    """What must be identical between two runs of one notebook, preset and seed: metrics.json without the keys that
+    measure the clock or the memory (the arena's cost table too), NaN made comparable (NaN != NaN)."""
+    if isinstance(value, dict):
+        return {k: numbers(v) for k, v in value.items() if not MACHINE.search(k)}
+    if isinstance(value, list):
+        return [numbers(v) for v in value]
+    return "nan" if isinstance(value, float) and value != value else value
 
 
 def run(workers: int, out: Path, names: list[str], seeds: int, threads: int | None) -> tuple[float, int, str]:
