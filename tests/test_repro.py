@@ -181,3 +181,19 @@ def test_report_names_why_a_value_is_missing():
     row = {r[4]: r for r in experiment_rows("05_arena", "smoke", "x", pooled(runs)["x"])}["slow"]
     assert "1 not reached" in row[5] and "1 not reached" in row[6], row
     assert "diverged" not in " ".join(row)
+
+
+@pytest.mark.notebook   # notebook 04 three times at the smoke preset (about two minutes on 2 cores)
+def test_reproduce_three_seeds_of_04_deploys_three_disjoint_seed_sets(tmp_path, monkeypatch):
+    """The seed contract end to end: `labkit reproduce 04 --seeds 3` gives runs 0, 1, 2 whose deployment students
+    share no seed (before the contract, seeds {0,1,2} and {1,2,3} overlapped)."""
+    monkeypatch.setenv("LABKIT_CARDS", str(tmp_path / "cards"))   # the kernels inherit it: no cards in the package
+    out = tmp_path / "runs"
+    args = ["reproduce", "04", "--preset", "smoke", "--seeds", "3", "--out", str(out), "--no-html"]
+    assert cli.main(args) == 0
+    stem = "04_lot_learning_from_teaching"
+    runs = [metrics(out, stem, k) for k in range(3)]
+    assert [m["seed"] for m in runs] == [0, 1, 2]
+    deployed = [{s for e in m["experiments"].values() for s in e["seeds"]} for m in runs]
+    assert all(deployed)
+    assert all(a.isdisjoint(b) for i, a in enumerate(deployed) for b in deployed[i + 1:]), deployed
