@@ -212,4 +212,12 @@ def build(name: str, in_shape: tuple[int, ...] | None = None, num_classes: int |
             model = PreResNet(int(name[9:]), in_shape[0], num_classes)
         else:
             model = LSTMLM(num_classes, **kwargs)
-    return model.to(device)
+    return cpu_layout(model.to(device), name)
+
+
+def cpu_layout(model: nn.Module, name: str) -> nn.Module:
+    """A LeNet on a CPU with its convolution weights in channels-last memory order (the same values). Why: oneDNN's
+    convolutions and max-pooling then run in that order; LeNet at batch 32 took 6.2 ms a training step against
+    10.2 ms, and 65 against 157 ms to classify 1000 images (2 cores, torch 2.14). Results agree to float rounding."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return model.to(memory_format=torch.channels_last) if name == "lenet" and on_cpu else model

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .models import BATCHED, LeNet, MLP, build
+from .models import BATCHED, LeNet, MLP, build, cpu_layout
 
 
 class Population(nn.Module):
@@ -124,16 +124,22 @@ def _dropout_seed(seed: int, device: torch.device):
 
 class _Stacked(Population):
     """Shared code of the batched populations: every parameter holds the members' blocks one after another along
-    its first dimension ([S, ...] stacked, or [S·k, ...] for a grouped convolution), so `.view(S, -1)` splits it."""
+    its first dimension ([S, ...] stacked, or [S·k, ...] for a grouped convolution), so splitting that dimension,
+    `unflatten(0, (S, -1))`, gives each member's block (a view, whatever the memory order of the other dimensions:
+    a LeNet's convolutions are channels-last on a CPU)."""
+
+    def _blocks(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(0, (self.size, -1))
 
     def grad_norms(self) -> torch.Tensor:
-        sq = [p.grad.view(self.size, -1).pow(2).sum(1) for p in self.parameters() if p.grad is not None]
+        sq = [(g := self._blocks(p.grad)).pow(2).sum(tuple(range(1, g.dim())))
+              for p in self.parameters() if p.grad is not None]
         return torch.stack(sq).sum(0).sqrt() if sq else torch.zeros(self.size)
 
     def _scale_grads(self, coef: torch.Tensor) -> None:
         for p in self.parameters():
             if p.grad is not None:
-                p.grad.view(self.size, -1).mul_(coef.view(-1, 1))
+                self._blocks(p.grad).mul_(coef.view(-1, *[1] * p.grad.dim()))
 
 
 class StackedMLP(_Stacked):
@@ -281,5 +287,6 @@ def population(name: str, in_shape: tuple[int, ...] | None, num_classes: int, se
     if batched is False or name == "lstm_lm" or not (many or batched):
         return Looped(members, example_dims)
     if name in BATCHED:
-        return (StackedMLP(members, example_dims) if name == "mlp" else GroupedLeNet(members)).to(device)
+        return (StackedMLP(members, example_dims) if name == "mlp" else
+                cpu_layout(GroupedLeNet(members).to(device), name))
     return Vmapped(members, example_dims).to(device) if (batched or cuda) else Looped(members, example_dims)
