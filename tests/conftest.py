@@ -10,6 +10,18 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"   # Debian's package; the browser tests never download one
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The browser for Playwright: skipped where it or Playwright is missing, a failure under CI."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing and CI is set: apt-get install -y chromium")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium); CI is not set")
+    pytest.importorskip("playwright.sync_api")
+    return CHROMIUM
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Tests read the bundled data (../shared/data) unless LABKIT_DATA says otherwise.

@@ -11,7 +11,7 @@ import torch
 import torch.optim.optimizer as optim_hooks
 
 import labkit
-from labkit import data, dlf, engine
+from labkit import data, dlf
 
 LABKIT = Path(labkit.__file__).parent
 METHOD_MODULES = ("l2t", "dlf", "dlf_model", "dln", "lot", "reweight", "arena")

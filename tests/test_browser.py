@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import nbformat
 import numpy as np
@@ -28,7 +30,6 @@ import pytest
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -53,16 +54,6 @@ def _frozen(steps, values, **kwargs):
 _plots.heatmap_scrubber = _frozen"""
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing and CI is set: apt-get install -y chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium); CI is not set")
-    pytest.importorskip("playwright.sync_api")
-    return CHROMIUM
-
-
 def keep_screenshots(paths: list[Path]) -> None:
     """Copy screenshots to runs/browser-test/ when that folder is writable (never fails the test)."""
     try:
@@ -72,6 +63,33 @@ def keep_screenshots(paths: list[Path]) -> None:
             shutil.copy(p, target / p.name)
     except OSError:
         pass
+
+
+@contextmanager
+def offline_page(executable: str, width: int = 1200) -> Iterator[tuple[object, list[str], list[str]]]:
+    """A headless Chromium page that may load file:// URLs only: yields (page, the other URLs it asked for and
+    was refused, its javascript errors); the browser is closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    requested: list[str] = []
+    errors: list[str] = []
+
+    def only_files(route):
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            requested.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.route("**/*", only_files)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, requested, errors
+        finally:
+            browser.close()
 
 
 def scrub(page, gd, shots: Path, name: str) -> tuple[dict, dict]:
@@ -135,8 +153,6 @@ def _tiny_notebook(path: Path) -> None:
 
 
 def test_exported_html_scrubs_with_network_off(tmp_path, chromium):
-    from playwright.sync_api import sync_playwright
-
     from labkit import repro
 
     nb_dir = tmp_path / "notebooks"
@@ -149,34 +165,17 @@ def test_exported_html_scrubs_with_network_off(tmp_path, chromium):
     assert repro.remote_references(text) == [], "the page references remote resources"
     assert text.count("plotly.js v") == 1, "plotly.js must be embedded exactly once"
 
-    requested: list[str] = []
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-
-            def only_files(route):
-                if route.request.url.startswith("file:"):
-                    route.continue_()
-                else:
-                    requested.append(route.request.url)
-                    route.abort()
-
-            page.route("**/*", only_files)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_path.as_uri())
-            page.wait_for_selector(".js-plotly-plot .slider-rail-touch-rect", timeout=60_000)
-            plots = page.locator(".js-plotly-plot")
-            assert plots.count() == 2
-            before, after = scrub(page, plots.nth(0), tmp_path, "offline-html")
+    with offline_page(chromium) as (page, requested, errors):
+        page.goto(page_path.as_uri())
+        page.wait_for_selector(".js-plotly-plot .slider-rail-touch-rect", timeout=60_000)
+        plots = page.locator(".js-plotly-plot")
+        assert plots.count() == 2
+        before, after = scrub(page, plots.nth(0), tmp_path, "offline-html")
+        assert_heatmap_changed(before, after)
+        # The same check on the frozen figure: the slider moves, the heatmap does not, the check fails.
+        before, after = scrub(page, plots.nth(1), tmp_path, "offline-html-frozen")
+        with pytest.raises(AssertionError, match="heatmap's z did not change"):
             assert_heatmap_changed(before, after)
-            # The same check on the frozen figure: the slider moves, the heatmap does not, the check fails.
-            before, after = scrub(page, plots.nth(1), tmp_path, "offline-html-frozen")
-            with pytest.raises(AssertionError, match="heatmap's z did not change"):
-                assert_heatmap_changed(before, after)
-        finally:
-            browser.close()
     assert requested == [], f"the page tried to fetch {requested}"
     assert errors == [], f"javascript errors: {errors}"
 

@@ -8,7 +8,6 @@ import torch
 from torch.func import functional_call
 
 from labkit import data, engine, meta, reweight
-from labkit.models import build
 from labkit.population import population
 from labkit.student import StudentConfig
 

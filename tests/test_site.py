@@ -18,6 +18,7 @@ import pytest
 
 from conftest import REPO
 from labkit.repro import remote_references
+from test_browser import FIND_SCRUBBER, offline_page, scrub, z_array
 
 SITE = Path(os.environ.get("LABKIT_SITE", REPO / "build" / "site"))
 WORK = SITE.parent / "site-work"
@@ -102,47 +103,22 @@ def test_the_exercises_are_unsolved_and_their_solutions_absent(site):
 
 
 @pytest.mark.browser
-def test_a_scrubber_moves_on_the_site_with_the_network_blocked(site, tmp_path):
-    pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
-    from test_browser import CHROMIUM, CHROMIUM_ARGS, FIND_SCRUBBER, scrub, z_array
-
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing and CI is set: apt-get install -y chromium")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_a_scrubber_moves_on_the_site_with_the_network_blocked(site, tmp_path, chromium):
     page_path = site / "notebooks" / "00_tour.html"
     if not page_path.is_file():
         pytest.skip("the site has no 00_tour page")
-    requested, errors = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-
-            def only_files(route):
-                if route.request.url.startswith("file:"):
-                    route.continue_()
-                else:
-                    requested.append(route.request.url)
-                    route.abort()
-
-            page.route("**/*", only_files)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(page_path.as_uri())
-            page.wait_for_selector(".js-plotly-plot .slider-rail-touch-rect", timeout=60_000)
-            assert page.evaluate(FIND_SCRUBBER), "no figure with a step slider on the page"
-            before, after = scrub(page, page.locator('[data-test-scrubber="1"]'), tmp_path, "site")
-            assert after["active"] != before["active"], "the slider did not move"
-            change = np.nanmax(np.abs(z_array(after) - z_array(before)))   # the tour hides the diagonal (NaN)
-            assert change > 0 and after["image"] != before["image"], "the slider moved but the heatmap did not change"
-            math = site / "notebooks" / "02_l2t_dlf_dynamic_loss.html"
-            if math.is_file():   # the formulas are typeset by the site's own MathJax
-                page.goto(math.as_uri())
-                page.wait_for_function("() => document.querySelectorAll('.MathJax').length > 10 && "
-                                       "!document.querySelector('.MathJax_Processing')", timeout=60_000)
-        finally:
-            browser.close()
+    with offline_page(chromium, width=1300) as (page, requested, errors):
+        page.goto(page_path.as_uri())
+        page.wait_for_selector(".js-plotly-plot .slider-rail-touch-rect", timeout=60_000)
+        assert page.evaluate(FIND_SCRUBBER), "no figure with a step slider on the page"
+        before, after = scrub(page, page.locator('[data-test-scrubber="1"]'), tmp_path, "site")
+        assert after["active"] != before["active"], "the slider did not move"
+        change = np.nanmax(np.abs(z_array(after) - z_array(before)))   # the tour hides the diagonal (NaN)
+        assert change > 0 and after["image"] != before["image"], "the slider moved but the heatmap did not change"
+        math = site / "notebooks" / "02_l2t_dlf_dynamic_loss.html"
+        if math.is_file():   # the formulas are typeset by the site's own MathJax
+            page.goto(math.as_uri())
+            page.wait_for_function("() => document.querySelectorAll('.MathJax').length > 10 && "
+                                   "!document.querySelector('.MathJax_Processing')", timeout=60_000)
     assert requested == [], f"the site tried to fetch {requested}"
     assert errors == [], f"javascript errors: {errors}"
