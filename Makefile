@@ -45,7 +45,7 @@ test-fast: setup
 exercises: setup
 	$(BIN)/labkit exercises build/exercises
 
-# The static site in build/site: the student versions executed with PRESET (cpu by default, about an hour; smoke in
+# The static site in build/site: the student versions executed with PRESET (cpu by default, not timed: the notebooks' cpu runs take about 22 minutes in make reproduce; smoke in
 # CI, minutes), Sphinx + MyST-NB, offline. Serve it with: python3 -m http.server -d build/site
 site: setup
 	$(BIN)/labkit course site --preset $(PRESET) --out build/site

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -88,7 +89,7 @@ def fit_vs_plain(rows: list, splits, model: str, kwargs: dict, steps: int, batch
 def population_vs_sequential(rows: list, splits, model: str, kwargs: dict, steps: int, batch: int, S: int = 8) -> None:
     cfg = StudentConfig(model=model, model_kwargs=kwargs, steps=steps, batch_size=batch, lr=0.05, eval_every=0)
     device, seeds = splits.device, list(range(S))
-    engine_run(splits, StudentConfig(**{**cfg.__dict__, "steps": 3}), seeds)  # warm-up
+    engine_run(splits, replace(cfg, steps=3), seeds)  # warm-up
     runs = {}
     t_pop = timed(device, lambda: runs.setdefault("pop", engine_run(splits, cfg, seeds)))
     t_seq = timed(device, lambda: runs.setdefault("seq", [engine_run(splits, cfg, [s]) for s in seeds]))
@@ -96,7 +97,7 @@ def population_vs_sequential(rows: list, splits, model: str, kwargs: dict, steps
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     # after 5 steps too: float rounding (batched vs single kernels) grows over a long chaotic run; a real mismatch
     # (initial weights, batches) shows at once
-    short = StudentConfig(**{**cfg.__dict__, "steps": 5})
+    short = replace(cfg, steps=5)
     a = engine_run(splits, short, seeds).students.member(S - 1).state_dict()
     b = engine_run(splits, short, [S - 1]).students.member(0).state_dict()
     diff5 = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -122,24 +123,10 @@ def notebooks(rows: list, device: str, timeout: int) -> None:
         print(rows[-1], flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--out", default="gpu_check.json")
-    ap.add_argument("--quick", action="store_true", help="tiny sizes (a check of the script itself)")
-    ap.add_argument("--skip-notebooks", action="store_true")
-    ap.add_argument("--only-notebooks", action="store_true")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__}, device {device} ({name})", flush=True)
-    steps = 20 if args.quick else 300
-    rows: list[dict] = []
+def benchmarks(rows: list, device: torch.device, steps: int) -> None:
+    """Checks 2-4: fit against a plain loop (and bf16 on CUDA), populations against one after another."""
     mnist = data.load("mnist", dev_size=1000, seed=0, device=device)
-    cifar = cifar_like(device, 2000 if args.quick else 6000)
-    if args.only_notebooks:
-        notebooks(rows, args.device, timeout=600)
-        return Path(args.out).write_text(json.dumps(rows, indent=2))
+    cifar = cifar_like(device, 2000 if steps < 100 else 6000)
     fit_vs_plain(rows, mnist, "mlp", {}, steps * 2, 128)
     fit_vs_plain(rows, cifar, "resnet20", {}, steps, 128)
     if device.type == "cuda":
@@ -148,10 +135,26 @@ def main() -> None:
                                         ("resnet20", cifar, {}, 128)):
         population_vs_sequential(rows, split, model, kwargs, steps, batch)
         print(rows[-1], flush=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2))   # kept even if a notebook below hangs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default="gpu_check.json")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (a check of the script itself)")
+    ap.add_argument("--skip-notebooks", action="store_true")
+    ap.add_argument("--only-notebooks", action="store_true", help="check 1 alone")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, device {device} ({name})", flush=True)
+    rows: list[dict] = []
+    if not args.only_notebooks:
+        benchmarks(rows, device, steps=20 if args.quick else 300)
+        Path(args.out).write_text(json.dumps(rows, indent=2))   # kept even if a notebook below hangs
     if not args.skip_notebooks:
         notebooks(rows, args.device, timeout=600)
-    Path(args.out).write_text(json.dumps(rows, indent=2))
+        Path(args.out).write_text(json.dumps(rows, indent=2))
     print("\n".join(" | ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items())
                     for r in rows))
 

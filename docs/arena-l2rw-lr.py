@@ -10,6 +10,7 @@ from dataclasses import replace
 import torch
 
 from labkit import data, engine, reweight
+from labkit.student import confusion
 
 torch.set_num_threads(1)
 lr = float(sys.argv[1])
@@ -41,3 +42,5 @@ def logged(run, step):
 
 hooks.select = logged
 engine.train(run, progress_bar=False)
+per_class = confusion(run.students.member(0), splits.test, splits.num_classes).diagonal()
+print("test accuracy per class:", per_class.numpy().round(2))
