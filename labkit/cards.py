@@ -89,11 +89,12 @@ def card_dir(method: str, preset: str, seed: int, root: str | Path | None = None
 
 
 def load_or_train(directory: str | Path, method: str, config: dict, train: Callable[[], tuple[Any, dict]],
-                  restore: Callable[[dict], Any], *, force: bool = False,
-                  elsewhere: str | Path | None = None) -> tuple[Any, str, Path, bool]:
-    """The teacher from the card in `directory` when it is there, was trained with exactly `config`, and `force` is
-    False; else `train()`, and the new card is written to `directory` (or, when `directory` holds a card of another
-    config, to `elsewhere`, so a shipped card is not overwritten by a run with changed knobs).
+                  restore: Callable[[dict], Any], *, force: bool = False, elsewhere: str | Path | None = None,
+                  same: Callable[[dict], bool] | None = None) -> tuple[Any, str, Path, bool]:
+    """The teacher from the card in `directory` when it is there, was trained with `config` (`same(the card's
+    config)`; default: exactly equal), and `force` is False; else `train()`, and the new card is written to
+    `directory` (or, when `directory` holds a card of another config, to `elsewhere`, so a shipped card is not
+    overwritten by a run with changed knobs).
 
     train() -> (teacher, card fields for `save` other than method and config: preset, state, seeds, metrics[,
     picture]); restore(state) -> the teacher. Returns (teacher, what happened in words).
@@ -101,7 +102,7 @@ def load_or_train(directory: str | Path, method: str, config: dict, train: Calla
     directory = Path(directory)
     if (directory / CARD_FILE).is_file() and not force:
         state, card = load(directory, method)
-        if card["config"] == plain(config):
+        if (same or (lambda stored: stored == plain(config)))(card["config"]):
             return restore(state), f"loaded the card {directory} (trained on seeds {card['seeds']})", directory, True
         directory = Path(elsewhere) if elsewhere is not None else directory
         why = "the card in the repository was trained with other settings"
@@ -110,6 +111,29 @@ def load_or_train(directory: str | Path, method: str, config: dict, train: Calla
     teacher, fields = train()
     save(directory, method=method, config=config, **fields)
     return teacher, f"trained ({why}); wrote the card {directory}", directory, False
+
+
+def _teaches_alike(stored: dict, config: dict, cfg, deployment_only: tuple[str, ...]) -> bool:
+    """Whether a card's stored config trained the teacher `config` describes: equal once the fields of the
+    deployment only are set aside, and once a field the card lacks (added to labkit after it was written) takes its
+    default, which by labkit's rule keeps the behaviour from before the field existed."""
+    drop = lambda c: {k: v for k, v in c.items() if k not in deployment_only}  # noqa: E731
+    return drop(_filled(stored, cfg)) == drop(plain(config))
+
+
+def _filled(stored: dict, cfg) -> dict:
+    """stored with every field of the frozen config `cfg` that it lacks set to the field's default (nested configs
+    likewise)."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    out = dict(stored)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value) and isinstance(out.get(f.name), dict):
+            out[f.name] = _filled(out[f.name], value)
+        elif f.name not in out and (f.default is not MISSING or f.default_factory is not MISSING):
+            out[f.name] = plain(f.default if f.default is not MISSING else f.default_factory())
+    return out
 
 
 # ---------------------------------------------------------------- the methods' teachers as tensors
@@ -175,7 +199,9 @@ def teacher(method: str, splits, cfg, seed: int, *, name: str, preset: str, forc
 
     t, how, where, loaded = load_or_train(directory, method, config, train,
                                           lambda state: restore(method, state, splits, cfg, seed), force=force,
-                                          elsewhere=elsewhere)
+                                          elsewhere=elsewhere,
+                                          same=lambda stored: _teaches_alike(stored, config, cfg,
+                                                                             getattr(module, "DEPLOYMENT_ONLY", ())))
     trace = Trace.from_bytes((where / TRACE_FILE).read_bytes()) if loaded else trained["trace"]
     return t, trace, how
 

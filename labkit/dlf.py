@@ -238,6 +238,7 @@ def _window(teacher: DLFTeacher, learner: _Learner, splits: Splits, cfg: Config,
 
 
 CHECKPOINT_FILE = "dlf-teacher.pt"
+DEPLOYMENT_ONLY = ("deployments",)  # Config fields of the deployment only, never the teacher's (labkit.cards)
 
 
 def _teacher_optimizer(teacher: DLFTeacher, cfg: Config) -> torch.optim.Optimizer:

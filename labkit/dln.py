@@ -34,6 +34,7 @@ from .trace import Trace
 
 CHECKPOINT_FILE = "dln-teacher.pt"
 NAMES = {"l2t-dln": "L2T-DLN", "ce": "CE", "no-teacher": "no-teacher DLN", "l2t-dlf": "L2T-DLF"}
+DEPLOYMENT_ONLY = ("deployments",)  # Config fields of the deployment only, never the teacher's (labkit.cards)
 
 
 # ----------------------------------------------------------------------------- settings

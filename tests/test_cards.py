@@ -1,6 +1,7 @@
 """Teacher cards: a round trip is exact, a tampered card is refused, a card of other settings is not used."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -59,6 +60,29 @@ def test_a_card_of_other_settings_is_not_used_and_not_overwritten(tmp_path):
     assert (cards.card_dir("dlf-x", "test", 0, tmp_path) / cards.CARD_FILE).read_bytes() == shipped
     _, _, how = cards.teacher("dlf", splits, CFG, 0, name="x", preset="test", root=tmp_path, force=True)
     assert how.startswith("trained (forced)")
+
+
+def test_a_card_serves_other_deployment_settings(tmp_path, monkeypatch):
+    splits = _splits()
+    cards.teacher("dlf", splits, CFG, 0, name="x", preset="test", root=tmp_path)
+    monkeypatch.setattr(dlf, "train_teacher", lambda *a, **k: pytest.fail("deployments do not shape the teacher"))
+    _, _, how = cards.teacher("dlf", splits, replace(CFG, deployments=5), 0, name="x", preset="test", root=tmp_path)
+    assert how.startswith("loaded")
+
+
+def test_a_card_written_before_a_field_existed_holds_the_teacher_of_its_default(tmp_path, monkeypatch):
+    splits = _splits()
+    cards.teacher("dlf", splits, CFG, 0, name="x", preset="test", root=tmp_path)
+    path = cards.card_dir("dlf-x", "test", 0, tmp_path) / cards.CARD_FILE
+    card = json.loads(path.read_text())
+    del card["config"]["student"]["test_every"], card["config"]["refresh_every"]  # as an older labkit wrote it
+    path.write_text(json.dumps(card))
+    monkeypatch.setattr(dlf, "train_teacher", lambda *a, **k: pytest.fail("the missing fields have their defaults"))
+    assert cards.teacher("dlf", splits, CFG, 0, name="x", preset="test", root=tmp_path)[2].startswith("loaded")
+    monkeypatch.undo()
+    _, _, how = cards.teacher("dlf", splits, replace(CFG, refresh_every=7), 0, name="x", preset="test",
+                              root=tmp_path, elsewhere=tmp_path / "mine")
+    assert "other settings" in how
 
 
 def test_labkit_retrain_in_the_environment_forces_training(tmp_path, monkeypatch):
