@@ -6,10 +6,15 @@ samples per second of
   run S times one after another,
 - `engine S=1`: labkit's engine with one student, S times one after another (the engine's own overhead),
 - `population`: labkit's engine with the S students as one batched model (`labkit.population`),
+- `floor` (MLP, S > 1): only the work no MLP population step can skip (`floor`), so sequential / floor is the
+  ceiling of population / sequential on this machine,
 all in one run, rounds interleaved so that background load hurts every variant alike (the best round counts).
 Prints samples/s and the ratio population / sequential. Set the thread count with --threads (default: torch's).
 
-    python benchmarks/bench_population.py [--steps 200] [--rounds 2] [--threads 2]
+    python benchmarks/bench_population.py [--steps 200] [--rounds 2] [--threads 2] [--eval]
+
+First, evaluation: 4 LeNets in eval mode on one batch of 32, 128 and 512 images, the population against the members'
+plain models (--eval: only that).
 """
 from __future__ import annotations
 
@@ -42,6 +47,22 @@ def plain(splits, model_name: str, kwargs: dict, batch: int, steps: int, seed: i
         opt.step()
 
 
+def floor(splits, hidden: int, batch: int, steps: int, S: int) -> None:
+    """What no implementation of an MLP population step can skip: gather each member's batch, the first layer's
+    batched products (forward x·W1 and the weight gradient xᵀ·g, [S, 784, hidden]) and W1's momentum update. The
+    other layers, the loss, autograd and the optimizer's bookkeeping are left out, so the time of this loop bounds
+    a population's speed from above: sequential / floor is the most any batched MLP population could reach here."""
+    x_all = splits.train.x.flatten(1)
+    w = torch.randn(S, x_all.shape[1], hidden) * 0.01
+    buf, b = torch.zeros_like(w), torch.zeros(S, 1, hidden)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = x_all[torch.randint(len(x_all), (S, batch), generator=g)]
+        h = torch.baddbmm(b, x, w)
+        buf.mul_(0.9).add_(torch.bmm(x.transpose(1, 2), h))  # h stands in for the gradient of the same shape
+        w.add_(buf, alpha=-0.05)
+
+
 def engine_run(splits, cfg: StudentConfig, seeds: list[int]) -> None:
     engine.train(engine.Run(splits, cfg, seeds), progress_bar=False)
 
@@ -64,6 +85,8 @@ def bench(splits, model_name: str, kwargs: dict, batch: int, sizes: list[int], s
             "engine S=1": lambda: [engine_run(splits, cfg, [s]) for s in seeds],
             "population": lambda: engine_run(splits, cfg, seeds),
         }
+        if model_name == "mlp" and S > 1:
+            variants["floor"] = lambda: floor(splits, kwargs["hidden"][0], batch, steps, S)
         best = {name: float("inf") for name in variants}
         for _ in range(rounds):
             for name, fn in variants.items():
@@ -72,11 +95,31 @@ def bench(splits, model_name: str, kwargs: dict, batch: int, sizes: list[int], s
         row = dict(model=model_name, batch=batch, S=S, **{f"{k} samples/s": samples / v for k, v in best.items()})
         row["population / sequential"] = best["sequential"] / best["population"]
         row["engine S=1 / sequential"] = best["sequential"] / best["engine S=1"]
+        if "floor" in best:
+            row["ceiling (sequential / floor)"] = best["sequential"] / best.pop("floor")
+            del row["floor samples/s"]
         rows.append(row)
         print(f"{model_name:5s} batch {batch:3d} S {S:2d}: " + "  ".join(
             f"{k} {v:9.0f}" if "samples" in k else f"{k} {v:5.2f}x" for k, v in row.items()
             if k not in ("model", "batch", "S")), flush=True)
     return rows
+
+
+def bench_eval(splits, sizes: list[int], rounds: int) -> None:
+    """Evaluation (no_grad, eval mode) of 4 LeNets on one shared batch: the population's forward against the 4
+    members' plain models one after another, at growing batches; milliseconds, best of `rounds` x 20 calls."""
+    from labkit.population import population
+    from labkit.student import predict
+
+    pop = population("lenet", splits.in_shape, splits.num_classes, list(range(4)))
+    members = [models.cpu_layout(pop.member(i), "lenet") for i in range(4)]
+    for batch in sizes:
+        x = splits.dev.x[:batch]
+        best = {name: min(timed(lambda: [fn() for _ in range(20)]) for _ in range(rounds)) / 20 * 1e3
+                for name, fn in (("population", lambda: predict(pop, x, batch)),
+                                 ("members one by one", lambda: [predict(m, x, batch) for m in members]))}
+        print(f"lenet eval, 4 members, batch {batch:4d}: " + "  ".join(f"{k} {v:7.2f} ms" for k, v in best.items())
+              + f"  ratio {best['members one by one'] / best['population']:.2f}x", flush=True)
 
 
 def main() -> None:
@@ -85,6 +128,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--eval", action="store_true", help="only the evaluation of a LeNet population")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -94,6 +138,9 @@ def main() -> None:
                          full.classes)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"{args.steps} steps per student, best of {args.rounds} rounds")
+    bench_eval(splits, [32, 128, 512], args.rounds)
+    if args.eval:
+        return
     for model_name, kwargs, batch in (("mlp", {"hidden": (500,)}, 20), ("mlp", {"hidden": (500,)}, 128),
                                       ("lenet", {}, 64)):
         bench(splits, model_name, kwargs, batch, args.sizes, args.steps, args.rounds)

@@ -205,8 +205,13 @@ class GroupedLeNet(_Stacked):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [S, B, C, H, W] or [B, C, H, W] -> logits [S, B, classes]."""
-        S = self.size
-        if self._per_member(x):
+        S, per_member = self.size, self._per_member(x)
+        if not self.training and x.device.type == "cpu" and x.shape[int(per_member)] > 128:
+            # Why: on a CPU, oneDNN's grouped convolutions fall behind S plain ones as the batch grows; 4 members
+            # in eval mode took 9 against 13 ms at batch 32, the same at 64 and 128, 206 against 105 ms at 512
+            # (2 cores, torch 2.14; benchmarks/bench_population.py --eval).
+            return torch.stack([self._member_logits(i, x[i] if per_member else x) for i in range(S)])
+        if per_member:
             b = x.shape[1]
             x = x.transpose(0, 1).reshape(b, S * x.shape[2], *x.shape[3:])
         else:
@@ -217,6 +222,14 @@ class GroupedLeNet(_Stacked):
         x = x.reshape(b, S, -1).transpose(0, 1)                   # [S, B, 50·h'·w'], LeNet's flatten order
         x = torch.tanh(torch.baddbmm(self.fc_bias.unsqueeze(1), x, self.fc_weight))
         return torch.baddbmm(self.out_bias.unsqueeze(1), x, self.out_weight)
+
+    def _member_logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Member i alone on x [B, C, H, W] -> logits [B, classes], computed as `LeNet.forward` does."""
+        c1, c2 = slice(i * 20, (i + 1) * 20), slice(i * 50, (i + 1) * 50)
+        x = torch.tanh(F.max_pool2d(F.conv2d(x, self.conv1.weight[c1], self.conv1.bias[c1]), 2))
+        x = torch.tanh(F.max_pool2d(F.conv2d(x, self.conv2.weight[c2], self.conv2.bias[c2]), 2))
+        x = torch.tanh(torch.addmm(self.fc_bias[i], x.flatten(1), self.fc_weight[i]))
+        return torch.addmm(self.out_bias[i], x, self.out_weight[i])
 
     def member(self, i: int) -> LeNet:
         m = LeNet(self.in_shape, self.num_classes).to(self.fc_weight.device)

@@ -27,6 +27,8 @@ class StudentConfig:
     clip: gradient-norm clipping per member (None: off). bptt: window length of a text stream.
     eval_every: steps between evaluations (None: 10 per run; 0: only the final one); eval_size: dev (and, with
       eval_test, test) examples each periodic evaluation reads (None: all; the final one always reads all);
+      test_every: with eval_test, test is read only at evaluations whose step is a multiple of it (None: at
+      every one; a test curve for a figure needs fewer points than a dev check that stops at τ);
       record_confusion: member 0's dev confusion matrix [C, C] at every evaluation (array "confusion").
     diverge_factor: a member whose training loss is not finite, or exceeds diverge_factor x max(1, |first loss|),
       stops at that step and is reported as diverged.
@@ -50,6 +52,7 @@ class StudentConfig:
     eval_every: int | None = None
     eval_size: int | None = None
     eval_test: bool = False
+    test_every: int | None = None
     record_confusion: bool = False
     diverge_factor: float = 100.0
     bf16: bool = False
@@ -77,8 +80,8 @@ class StudentConfig:
         check_int("bptt", self.bptt, 1)
         if self.eval_every is not None:
             check_int("eval_every", self.eval_every, 0)
-        if self.eval_size is not None:
-            check_int("eval_size", self.eval_size, 1)
+        for name in ("eval_size", "test_every"):
+            _ = getattr(self, name) is None or check_int(name, getattr(self, name), 1)
         check_float("diverge_factor", self.diverge_factor, 1, low_open=True)
         return self
 
@@ -109,9 +112,12 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits of `model` on inputs x [N, ...] in eval mode (its mode is restored): [N, C] for a plain model,
-    [S, N, C] for a `labkit.population.Population`."""
+    [S, N, C] for a `labkit.population.Population`. batch_size: examples per forward (None: 512 on a CPU, where
+    larger chunks fall out of the cache: 8 MLPs 784-500-10 on 2503 images took 124 ms in chunks of 512 against
+    176 ms in one chunk, 4 LeNets on 1000 images 198 against 276 ms; 4096 elsewhere)."""
+    batch_size = batch_size or (512 if x.device.type == "cpu" else 4096)
     was_training = model.training
     model.eval()
     try:
@@ -122,7 +128,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.
         model.train(was_training)
 
 
-def evaluate(model: nn.Module, split, batch_size: int = 4096) -> dict[str, float]:
+def evaluate(model: nn.Module, split, batch_size: int | None = None) -> dict[str, float]:
     """{"loss": mean cross-entropy, "acc": accuracy} of a plain model on a split."""
     logits = predict(model, split.x, batch_size)
     return {"loss": F.cross_entropy(logits, split.y).item(), "acc": (logits.argmax(1) == split.y).float().mean().item()}
