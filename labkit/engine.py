@@ -303,7 +303,7 @@ class Run:
             return
         c = self.config
         results = {f"dev_{k}": v for k, v in self.measure("dev", c.eval_size).items()}
-        if c.eval_test:
+        if c.eval_test and (c.test_every is None or self.step % c.test_every == 0):
             results.update({f"test_{k}": v for k, v in self.measure("test", c.eval_size).items()})
         for i in live:
             lr = c.lr_at(max(self.step - 1, 0)) * self.lr_mult[i]

@@ -41,13 +41,18 @@ from .l2t_policies import (KeepDrop, NoTeach, Oracle, RandTeach, SelfPaced, Teac
 
 METHODS = ("l2t", "l2t_sampled", "noteach", "randteach", "spl", "loss_threshold", "oracle")
 CHECKPOINT_FILE = "l2t_teacher.pt"
+# Config fields that shape only the deployment (seeds, baselines, transfer, the test curve), never the teacher: a card
+# trained under other values of these still holds this teacher (`labkit.cards.teacher`).
+DEPLOYMENT_ONLY = ("deployments", "test_every", "spl", "threshold", "transfer_model", "transfer_deployments",
+                   "transfer_eval_every", "transfer_test_every")
 
 
 @dataclass(frozen=True)
 class Config:
     """L2T's knobs. student: the deployment students (M = batch_size, budget = steps, τ checks every eval_every);
     episode students are it with steps = max_steps (T'). shown: examples per draw (at most max_draws draws a step);
-    dev_read: dev examples a τ check reads (None: all); episodes = group_size x teacher_updates; spl: SPL's λ from
+    dev_read: dev examples a τ check reads (None: all); test_every: steps between the deployment students' test
+    reads (their test curve; taken at τ checks whose step is a multiple of it); episodes = group_size x teacher_updates; spl: SPL's λ from
     spl[0]·ln C to spl[1]·ln C; threshold: the yardstick's loss threshold; transfer_*: the transfer students."""
 
     student: StudentConfig
@@ -64,11 +69,13 @@ class Config:
     loss_norm: float = 2.3
     max_draws: int = 50
     dev_read: int | None = 1000
+    test_every: int = 20
     threshold: float = 0.05
     spl: tuple[float, float] = (1.5, 3.0)
     transfer_model: str = "lenet"
     transfer_deployments: int = 4
     transfer_eval_every: int = 20
+    transfer_test_every: int = 40
     dataset: str = "mnist"
     dev_size: int = 5000
     train_size: int | None = None
@@ -82,7 +89,7 @@ class Config:
         """Raise a ValueError naming any knob out of range (NaN and inf included); return self."""
         self.student.check()
         for name in ("deployments", "max_steps", "shown", "episodes", "group_size", "max_draws", "transfer_deployments",
-                     "transfer_eval_every", "dev_size"):
+                     "transfer_eval_every", "transfer_test_every", "dev_size", "test_every"):
             check_int(name, getattr(self, name), 1)
         for name in ("dev_read", "train_size", "test_size"):
             _ = getattr(self, name) is None or check_int(name, getattr(self, name), 1)
@@ -106,8 +113,8 @@ _MNIST = StudentConfig(model="mlp", model_kwargs={"hidden": (100,)}, steps=400, 
 PRESETS: dict[str, Config] = {
     # CI only, numbers mean nothing: a small MLP on 3000 MNIST images, 4 episodes in groups of 2.
     "smoke": Config(replace(_MNIST, model_kwargs={"hidden": (32,)}, steps=40, batch_size=16, lr=0.05), deployments=3,
-                    tau=0.7, max_steps=40, shown=16, episodes=4, group_size=2, teacher_lr=0.03, dev_read=300,
-                    transfer_deployments=2, transfer_eval_every=10, train_size=3000, dev_size=1000,
+                    tau=0.7, max_steps=40, shown=16, episodes=4, group_size=2, teacher_lr=0.03, dev_read=300, test_every=10,
+                    transfer_deployments=2, transfer_eval_every=10, transfer_test_every=20, train_size=3000, dev_size=1000,
                     test_size=1000),
     # MNIST on 2 CPU cores, scaled down (docs/l2t-diary.md): MLP 784-100-10, τ 0.9 within T' = 400 steps of M = 32;
     # 30 teacher updates of 8 episodes sharing a student (Adam 0.05), p(keep) 0.88 at start as in the public code.
@@ -261,12 +268,12 @@ def _reinforce(teacher: Teacher, opt: torch.optim.Optimizer, policy: TeacherPoli
 def deploy_policy(policy: KeepDrop, splits: datasets.Splits, cfg: Config, seeds: Sequence[int], *,
                   method: str = "", progress_bar: bool | None = None) -> list[Trace]:
     """One population of deployment students (role "deploy", one per seed) trained on splits.train with `policy` for
-    cfg.student.steps steps; dev and test read (dev_read examples) every eval_every steps, τ judged on dev, test only
-    reported, final metrics on the whole splits. A Trace per seed; metrics add method, keep_rate, reached_step,
+    cfg.student.steps steps; dev read (dev_read examples) every eval_every steps and τ judged on it, test read
+    (dev_read examples) every test_every steps and only reported, final metrics on the whole splits. A Trace per seed; metrics add method, keep_rate, reached_step,
     effective_examples_to_tau, ... (`KeepDrop.annotate`)."""
     cfg, seeds = cfg.check(), seeding.check_seeds("seeds", seeds)
-    run = engine.Run(splits, replace(cfg.student, eval_size=cfg.dev_read, eval_test=True), seeds, role=seeding.DEPLOY,
-                     hooks=policy)
+    student = replace(cfg.student, eval_size=cfg.dev_read, eval_test=True, test_every=cfg.test_every)
+    run = engine.Run(splits, student, seeds, role=seeding.DEPLOY, hooks=policy)
     traces = engine.train(run, progress_bar=progress_bar, desc=method or "deploy")
     policy.annotate(traces)
     for tr in traces:
@@ -309,10 +316,11 @@ def compare(teacher: Teacher, splits: datasets.Splits, cfg: Config, seeds: Seque
 
 
 def transfer_config(cfg: Config) -> Config:
-    """cfg with transfer students (cfg.transfer_model, τ checks every transfer_eval_every steps) on
-    transfer_deployments seeds; the teacher (trained with cfg.student's model) is not changed."""
+    """cfg with transfer students (cfg.transfer_model, τ checks every transfer_eval_every steps, test read every
+    transfer_test_every) on transfer_deployments seeds; the teacher (trained with cfg.student's model) is not
+    changed."""
     student = replace(cfg.student, model=cfg.transfer_model, model_kwargs={}, eval_every=cfg.transfer_eval_every)
-    return replace(cfg, student=student, deployments=cfg.transfer_deployments)
+    return replace(cfg, student=student, deployments=cfg.transfer_deployments, test_every=cfg.transfer_test_every)
 
 
 def tau_for(splits: datasets.Splits, cfg: Config, seed: int, *, at: float = 0.6, students: int = 4) -> float:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -46,7 +47,7 @@ def test_fit_trains_a_given_model_in_place():
 @pytest.mark.parametrize("field,value", [("lr", float("nan")), ("lr", float("inf")), ("lr", -0.1), ("lr", 0.0),
                                          ("momentum", 1.0), ("momentum", float("nan")), ("steps", 0),
                                          ("weight_decay", float("-inf")), ("clip", float("nan")),
-                                         ("schedule", "linear"), ("batch_size", 1.5)])
+                                         ("schedule", "linear"), ("batch_size", 1.5), ("test_every", 0)])
 def test_bad_hyperparameters_are_refused_by_name(field, value):
     with pytest.raises(ValueError, match=field):
         engine.fit("mlp", toy(), CFG, **{field: value})
@@ -95,8 +96,13 @@ def test_a_population_trains_as_its_members_would_alone(model, shape):
         a, b = dict(run.students.member(i).named_parameters()), dict(alone.students.member(0).named_parameters())
         for name in a:
             torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
-        torch.testing.assert_close(torch.tensor(together[i].series("loss")[1]), torch.tensor(trace.series("loss")[1]),
-                                   atol=1e-5, rtol=1e-4)
+        for key in ("loss", "dev_loss"):  # dev_loss: the population's evaluation path against a plain model's
+            torch.testing.assert_close(torch.tensor(together[i].series(key)[1]), torch.tensor(trace.series(key)[1]),
+                                       atol=1e-5, rtol=1e-4)
+    for x in (splits.train.x[:8], splits.train.x[:200]):  # a LeNet population evaluates a large batch member by member
+        alone = torch.stack([student.predict(run.students.member(i), x) for i in range(4)])
+        for inputs in (x, x.expand(4, *x.shape)):  # one batch for all members, and a batch per member
+            torch.testing.assert_close(student.predict(run.students, inputs), alone)
 
 
 def test_roles_separate_streams_and_seeds_repeat():
@@ -174,6 +180,14 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     engine.save_checkpoint(tmp_path / engine.CHECKPOINT_FILE, run.state_dict())
     with pytest.raises(ValueError, match="another run"):
         engine.train(engine.Run(splits, CFG.__class__(**{**CFG.__dict__, "lr": 0.2}), [0]), checkpoint_dir=tmp_path)
+
+
+def test_test_is_read_every_test_every_steps_and_dev_at_every_evaluation():
+    cfg = replace(CFG, eval_every=5, eval_size=50, eval_test=True, test_every=20)
+    trace = engine.train(engine.Run(toy(), cfg, [0]), progress_bar=False)[0]
+    assert trace.series("dev_acc")[0].tolist() == [5, 10, 15, 20, 25, 30, 35, 40]  # 40: the final evaluation
+    assert trace.series("test_acc")[0].tolist() == [20]  # the final test read is a metric, not a point of the curve
+    assert 0.0 <= trace.metrics["test_acc"] <= 1.0
 
 
 def test_per_example_weights_and_schedules():
