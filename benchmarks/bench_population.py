@@ -49,9 +49,10 @@ def plain(splits, model_name: str, kwargs: dict, batch: int, steps: int, seed: i
 
 def floor(splits, hidden: int, batch: int, steps: int, S: int) -> None:
     """What no implementation of an MLP population step can skip: gather each member's batch, the first layer's
-    batched products (forward x·W1 and the weight gradient xᵀ·g, [S, 784, hidden]) and W1's momentum update. The
-    other layers, the loss, autograd and the optimizer's bookkeeping are left out, so the time of this loop bounds
-    a population's speed from above: sequential / floor is the most any batched MLP population could reach here."""
+    batched products (forward x·W1, and the weight gradient xᵀ·g [S, 784, hidden] summed straight into the momentum
+    buffer) and W1's update. The other layers, the loss, autograd and the optimizer's bookkeeping are left out, so
+    the time of this loop bounds a population's speed from above: sequential / floor is the most any batched MLP
+    population could reach on this machine."""
     x_all = splits.train.x.flatten(1)
     w = torch.randn(S, x_all.shape[1], hidden) * 0.01
     buf, b = torch.zeros_like(w), torch.zeros(S, 1, hidden)
@@ -59,7 +60,7 @@ def floor(splits, hidden: int, batch: int, steps: int, S: int) -> None:
     for _ in range(steps):
         x = x_all[torch.randint(len(x_all), (S, batch), generator=g)]
         h = torch.baddbmm(b, x, w)
-        buf.mul_(0.9).add_(torch.bmm(x.transpose(1, 2), h))  # h stands in for the gradient of the same shape
+        buf.baddbmm_(x.transpose(1, 2), h, beta=0.9)  # the gradient (h stands in) summed into the momentum
         w.add_(buf, alpha=-0.05)
 
 
