@@ -52,8 +52,9 @@ class Config:
     """L2T's knobs. student: the deployment students (M = batch_size, budget = steps, τ checks every eval_every);
     episode students are it with steps = max_steps (T'). shown: examples per draw (at most max_draws draws a step);
     dev_read: dev examples a τ check reads (None: all); test_every: steps between the deployment students' test
-    reads (their test curve; taken at τ checks whose step is a multiple of it); episodes = group_size x teacher_updates; spl: SPL's λ from
-    spl[0]·ln C to spl[1]·ln C; threshold: the yardstick's loss threshold; transfer_*: the transfer students."""
+    reads (their test curve; taken at τ checks whose step is a multiple of it); episodes = group_size x
+    teacher_updates; spl: SPL's λ from spl[0]·ln C to spl[1]·ln C; threshold: the yardstick's loss threshold;
+    transfer_*: the transfer students."""
 
     student: StudentConfig
     deployments: int = 8
@@ -113,9 +114,9 @@ _MNIST = StudentConfig(model="mlp", model_kwargs={"hidden": (100,)}, steps=400, 
 PRESETS: dict[str, Config] = {
     # CI only, numbers mean nothing: a small MLP on 3000 MNIST images, 4 episodes in groups of 2.
     "smoke": Config(replace(_MNIST, model_kwargs={"hidden": (32,)}, steps=40, batch_size=16, lr=0.05), deployments=3,
-                    tau=0.7, max_steps=40, shown=16, episodes=4, group_size=2, teacher_lr=0.03, dev_read=300, test_every=10,
-                    transfer_deployments=2, transfer_eval_every=10, transfer_test_every=20, train_size=3000, dev_size=1000,
-                    test_size=1000),
+                    tau=0.7, max_steps=40, shown=16, episodes=4, group_size=2, teacher_lr=0.03, dev_read=300,
+                    test_every=10, transfer_deployments=2, transfer_eval_every=10, transfer_test_every=20,
+                    train_size=3000, dev_size=1000, test_size=1000),
     # MNIST on 2 CPU cores, scaled down (docs/l2t-diary.md): MLP 784-100-10, τ 0.9 within T' = 400 steps of M = 32;
     # 30 teacher updates of 8 episodes sharing a student (Adam 0.05), p(keep) 0.88 at start as in the public code.
     "cpu": Config(_MNIST),
@@ -269,8 +270,8 @@ def deploy_policy(policy: KeepDrop, splits: datasets.Splits, cfg: Config, seeds:
                   method: str = "", progress_bar: bool | None = None) -> list[Trace]:
     """One population of deployment students (role "deploy", one per seed) trained on splits.train with `policy` for
     cfg.student.steps steps; dev read (dev_read examples) every eval_every steps and τ judged on it, test read
-    (dev_read examples) every test_every steps and only reported, final metrics on the whole splits. A Trace per seed; metrics add method, keep_rate, reached_step,
-    effective_examples_to_tau, ... (`KeepDrop.annotate`)."""
+    (dev_read examples) every test_every steps and only reported, final metrics on the whole splits. A Trace per
+    seed; metrics add method, keep_rate, reached_step, effective_examples_to_tau, ... (`KeepDrop.annotate`)."""
     cfg, seeds = cfg.check(), seeding.check_seeds("seeds", seeds)
     student = replace(cfg.student, eval_size=cfg.dev_read, eval_test=True, test_every=cfg.test_every)
     run = engine.Run(splits, student, seeds, role=seeding.DEPLOY, hooks=policy)
