@@ -123,3 +123,23 @@ def test_a_dln_teacher_round_trips_and_deploys_the_same(tmp_path):
     a = dln.deploy(t1, splits, cfg, [0], progress_bar=False)[0]
     b = dln.deploy(t2, splits, cfg, [0], progress_bar=False)[0]
     assert a.metrics == b.metrics and a.series("loss")[1].tolist() == b.series("loss")[1].tolist()
+
+
+@pytest.mark.parametrize("directory", cards.shipped(cards.CARDS_DIR), ids=lambda d: d.name)
+def test_every_shipped_card_still_holds_its_teacher(directory):
+    """A notebook that asks for the settings a shipped card was trained with (rebuilt from the card, with every field
+    labkit added since at its default) gets the card: no Config field the card holds was renamed or dropped."""
+    import dataclasses
+    import importlib
+
+    from labkit.student import StudentConfig
+
+    card = json.loads((directory / cards.CARD_FILE).read_text())
+    module, stored = importlib.import_module(f"labkit.{card['method']}"), card["config"]
+    known = {f.name for f in dataclasses.fields(module.Config)}
+    tuples = lambda d: {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # noqa: E731
+    cfg = module.Config(**{**tuples({k: v for k, v in stored.items() if k in known}),
+                           "student": StudentConfig(**tuples(stored["student"]))})
+    config = dict(dataclasses.asdict(cfg), **{k: stored[k] for k in ("seed", "dataset", "train_size", "scenario")})
+    assert cards._teaches_alike(stored, config, cfg, getattr(module, "DEPLOYMENT_ONLY", ()))
+
