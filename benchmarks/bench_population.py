@@ -11,16 +11,18 @@ samples per second of
 all in one run, rounds interleaved so that background load hurts every variant alike (the best round counts).
 Prints samples/s and the ratio population / sequential. Set the thread count with --threads (default: torch's).
 
-    python benchmarks/bench_population.py [--steps 200] [--rounds 2] [--threads 2] [--eval]
+    python benchmarks/bench_population.py [--steps 200] [--rounds 2] [--threads 2] [--cpu-choices]
 
-First, evaluation: 4 LeNets in eval mode on one batch of 32, 128 and 512 images, the population against the members'
-plain models (--eval: only that).
+First, the measurements behind labkit's CPU choices, each against its alternative (`bench_cpu_choices`;
+--cpu-choices: only those): a LeNet's channels-last weights, a LeNet population's evaluation member by member above
+batch 128, predict's chunks of 512.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -106,21 +108,59 @@ def bench(splits, model_name: str, kwargs: dict, batch: int, sizes: list[int], s
     return rows
 
 
-def bench_eval(splits, sizes: list[int], rounds: int) -> None:
-    """Evaluation (no_grad, eval mode) of 4 LeNets on one shared batch: the population's forward against the 4
-    members' plain models one after another, at growing batches; milliseconds, best of `rounds` x 20 calls."""
+def best_ms(variants: dict, rounds: int, calls: int = 10) -> dict[str, float]:
+    """Milliseconds per call of each variant: the best of `rounds` interleaved rounds of `calls` calls."""
+    best = dict.fromkeys(variants, float("inf"))
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            best[name] = min(best[name], timed(lambda: [fn() for _ in range(calls)]) / calls * 1e3)
+    return best
+
+
+def show(what: str, best: dict[str, float]) -> None:
+    print(f"{what}: " + "  ".join(f"{k} {v:7.2f} ms" for k, v in best.items()), flush=True)
+
+
+def bench_cpu_choices(splits, rounds: int) -> None:
+    """The measurements behind three CPU choices of labkit, each against its alternative:
+    - `models.cpu_layout`: a LeNet's convolution weights channels-last, against contiguous (a training step at batch
+      32, SGD with momentum; classifying 1000 images);
+    - `GroupedLeNet.forward` in eval mode: 4 LeNets on one batch as grouped convolutions, against member by member;
+    - `student.predict` on a CPU: chunks of 512 examples, against 4096 (8 MLPs 784-500-10 on 2503 images, 4 LeNets
+      on 1000)."""
     from labkit.population import population
     from labkit.student import predict
 
+    x, y = splits.dev.x, splits.dev.y
+    nets = {"contiguous": models.LeNet(splits.in_shape, splits.num_classes),
+            "channels-last": models.build("lenet", splits.in_shape, splits.num_classes)}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in nets.items()}
+
+    def step(name):
+        loss = F.cross_entropy(nets[name](x[:32]), y[:32])
+        opts[name].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[name].step()
+
+    show("lenet training step, batch 32", best_ms({k: partial(step, k) for k in nets}, rounds))
+    show("lenet, 1000 images", best_ms({k: partial(predict, m, x[:1000], 1000) for k, m in nets.items()}, rounds))
     pop = population("lenet", splits.in_shape, splits.num_classes, list(range(4)))
-    members = [models.cpu_layout(pop.member(i), "lenet") for i in range(4)]
-    for batch in sizes:
-        x = splits.dev.x[:batch]
-        best = {name: min(timed(lambda: [fn() for _ in range(20)]) for _ in range(rounds)) / 20 * 1e3
-                for name, fn in (("population", lambda: predict(pop, x, batch)),
-                                 ("members one by one", lambda: [predict(m, x, batch) for m in members]))}
-        print(f"lenet eval, 4 members, batch {batch:4d}: " + "  ".join(f"{k} {v:7.2f} ms" for k, v in best.items())
-              + f"  ratio {best['members one by one'] / best['population']:.2f}x", flush=True)
+
+    def grouped(batch):
+        with torch.no_grad():
+            return pop.train()(x[:batch])   # train mode: the grouped path (a LeNet has no dropout or batch norm)
+
+    def one_by_one(batch):
+        with torch.no_grad():
+            return torch.stack([pop._member_logits(i, x[:batch]) for i in range(4)])
+
+    for batch in (32, 128, 512):
+        show(f"4 lenets, eval, batch {batch}", best_ms({"grouped": partial(grouped, batch),
+                                                      "member by member": partial(one_by_one, batch)}, rounds))
+    mlps = population("mlp", splits.in_shape, splits.num_classes, list(range(8)), hidden=(500,))
+    for what, model, n in (("8 mlps 784-500-10", mlps, 2503), ("4 lenets", pop, 1000)):
+        show(f"predict, {what}, {n} images", best_ms({f"chunks of {c}": partial(predict, model, x[:n], c)
+                                                      for c in (512, 4096)}, rounds, calls=3))
 
 
 def main() -> None:
@@ -129,7 +169,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--eval", action="store_true", help="only the evaluation of a LeNet population")
+    parser.add_argument("--cpu-choices", action="store_true", help="only the measurements behind labkit's CPU "
+                        "choices (LeNet layout, a LeNet population's evaluation, predict's chunks)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -139,8 +180,8 @@ def main() -> None:
                          full.classes)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores; "
           f"{args.steps} steps per student, best of {args.rounds} rounds")
-    bench_eval(splits, [32, 128, 512], args.rounds)
-    if args.eval:
+    bench_cpu_choices(splits, max(args.rounds, 3))
+    if args.cpu_choices:
         return
     for model_name, kwargs, batch in (("mlp", {"hidden": (500,)}, 20), ("mlp", {"hidden": (500,)}, 128),
                                       ("lenet", {}, 64)):

@@ -155,11 +155,10 @@ class KeepDrop(engine.Hooks):
         run.students.train(was)
         PASSES.add(forward=index.numel())  # what the members alone would cost
         T, log_c = self.max_steps or run.config.total_steps, math.log(run.splits.num_classes)
-        members = torch.tensor(need, device=x.device)
-        mean_loss = run.losses[members, :step].mean(1) if step else torch.full((len(need),), log_c, device=x.device)
-        rows = torch.stack([torch.full_like(mean_loss, step / T), mean_loss / self.loss_norm,
-                            torch.tensor([self.best_dev[i] for i in need], device=x.device) / self.loss_norm], 1)
-        return state_features(logits[need] if part else logits, run.splits.train.y[index], rows[:, None])
+        rows = [[step / T, (float(run.losses[i, :step].mean()) if step else log_c) / self.loss_norm,
+                 self.best_dev[i] / self.loss_norm] for i in need]
+        return state_features(logits[need] if part else logits, run.splits.train.y[index],
+                              torch.tensor(rows, device=x.device)[:, None])
 
     def decide(self, run: engine.Run, members: list[int], index: torch.Tensor, view: torch.Tensor | None) -> Decision:
         """keep [S', n] bool and p_keep [S', n] for the shown examples index [S', n] of `members` (view: their g(s)
@@ -170,8 +169,8 @@ class KeepDrop(engine.Hooks):
         for i, draws in ((i, d) for i, d in shown.items() if d):
             index, keep, p = (torch.cat([d[k] for d in draws]) for k in range(3))
             bad = run.splits.train.corrupted[index]
-            c = torch.stack([keep.new_tensor(len(keep), dtype=torch.float64), *(t.sum(dtype=torch.float64) for t in (
-                keep, p, bad, keep & bad, ~bad, keep & ~bad))]).cpu()
+            c = torch.tensor([float(v) for v in (len(keep), keep.sum(), p.sum(), bad.sum(), (keep & bad).sum(),
+                                                 (~bad).sum(), (keep & ~bad).sum())], dtype=torch.float64)
             self.counts[i] += c
             self.window[i] += c[3:]
             if self.record == "all" or (self.record == "first" and i == 0):

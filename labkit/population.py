@@ -202,14 +202,16 @@ class GroupedLeNet(_Stacked):
         self.out_weight = nn.Parameter(torch.stack([m.out.weight.detach().t() for m in members]))
         self.out_bias = nn.Parameter(torch.stack([m.out.bias.detach() for m in members]))
         self.in_shape, self.num_classes = first.in_shape, first.out.out_features
+        object.__setattr__(self, "_template", LeNet(self.in_shape, self.num_classes).to("meta"))  # not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [S, B, C, H, W] or [B, C, H, W] -> logits [S, B, classes]."""
         S, per_member = self.size, self._per_member(x)
         if not self.training and x.device.type == "cpu" and x.shape[int(per_member)] > 128:
             # Why: on a CPU, oneDNN's grouped convolutions fall behind S plain ones as the batch grows; 4 members
-            # in eval mode took 9 against 13 ms at batch 32, the same at 64 and 128, 206 against 105 ms at 512
-            # (2 cores, torch 2.14; benchmarks/bench_population.py --eval).
+            # in eval mode took 8.8-10.9 ms grouped against 10.7-13.3 ms one by one at batch 32, about the same at
+            # 128, 193-234 against 106-114 ms at 512 (2 cores, torch 2.14, three runs of
+            # benchmarks/bench_population.py --cpu-choices).
             return torch.stack([self._member_logits(i, x[i] if per_member else x) for i in range(S)])
         if per_member:
             b = x.shape[1]
@@ -223,25 +225,26 @@ class GroupedLeNet(_Stacked):
         x = torch.tanh(torch.baddbmm(self.fc_bias.unsqueeze(1), x, self.fc_weight))
         return torch.baddbmm(self.out_bias.unsqueeze(1), x, self.out_weight)
 
+    def _member_state(self, i: int) -> dict[str, torch.Tensor]:
+        """Member i's parameters under `LeNet`'s names: views into the population's (its block of the grouped
+        convolutions' channels, its slice of the stacked weights)."""
+        c1, c2 = (slice(i * k, (i + 1) * k) for k in (self.conv1.out_channels // self.size,
+                                                       self.conv2.out_channels // self.size))
+        return {"conv1.weight": self.conv1.weight[c1], "conv1.bias": self.conv1.bias[c1],
+                "conv2.weight": self.conv2.weight[c2], "conv2.bias": self.conv2.bias[c2],
+                "fc.weight": self.fc_weight[i].t(), "fc.bias": self.fc_bias[i],
+                "out.weight": self.out_weight[i].t(), "out.bias": self.out_bias[i]}
+
     def _member_logits(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """Member i alone on x [B, C, H, W] -> logits [B, classes], computed as `LeNet.forward` does."""
-        c1, c2 = slice(i * 20, (i + 1) * 20), slice(i * 50, (i + 1) * 50)
-        x = torch.tanh(F.max_pool2d(F.conv2d(x, self.conv1.weight[c1], self.conv1.bias[c1]), 2))
-        x = torch.tanh(F.max_pool2d(F.conv2d(x, self.conv2.weight[c2], self.conv2.bias[c2]), 2))
-        x = torch.tanh(torch.addmm(self.fc_bias[i], x.flatten(1), self.fc_weight[i]))
-        return torch.addmm(self.out_bias[i], x, self.out_weight[i])
+        """Member i alone on x [B, C, H, W] -> logits [B, classes]: `LeNet.forward` on its parameters."""
+        from torch.func import functional_call
+
+        return functional_call(self._template, self._member_state(i), (x,))
 
     def member(self, i: int) -> LeNet:
         m = LeNet(self.in_shape, self.num_classes).to(self.fc_weight.device)
         with torch.no_grad():
-            m.conv1.weight.copy_(self.conv1.weight[i * 20:(i + 1) * 20])
-            m.conv1.bias.copy_(self.conv1.bias[i * 20:(i + 1) * 20])
-            m.conv2.weight.copy_(self.conv2.weight[i * 50:(i + 1) * 50])
-            m.conv2.bias.copy_(self.conv2.bias[i * 50:(i + 1) * 50])
-            m.fc.weight.copy_(self.fc_weight[i].t())
-            m.fc.bias.copy_(self.fc_bias[i])
-            m.out.weight.copy_(self.out_weight[i].t())
-            m.out.bias.copy_(self.out_bias[i])
+            m.load_state_dict(self._member_state(i))
         return m
 
 

@@ -114,9 +114,10 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """Logits of `model` on inputs x [N, ...] in eval mode (its mode is restored): [N, C] for a plain model,
-    [S, N, C] for a `labkit.population.Population`. batch_size: examples per forward (None: 512 on a CPU, where
-    larger chunks fall out of the cache: 8 MLPs 784-500-10 on 2503 images took 124 ms in chunks of 512 against
-    176 ms in one chunk, 4 LeNets on 1000 images 198 against 276 ms; 4096 elsewhere)."""
+    [S, N, C] for a `labkit.population.Population`. batch_size: examples per forward (None: 512 on a CPU, where a
+    LeNet population's larger chunks fall out of the cache: 4 LeNets on 1000 images took 194-239 ms in chunks of
+    512 against 259-312 ms in one, while 8 MLPs 784-500-10 on 2503 images took the same either way; three runs of
+    benchmarks/bench_population.py --cpu-choices. 4096 elsewhere)."""
     batch_size = batch_size or (512 if x.device.type == "cpu" else 4096)
     was_training = model.training
     model.eval()
