@@ -280,20 +280,20 @@ class Run:
         self._final_metrics([i])
 
     # ------------------------------------------------------------------ evaluation and the end
-    def measure(self, split_name: str, size: int | None = None) -> dict[str, torch.Tensor]:
-        """{"loss": [S], "acc": [S]} (text: {"loss", "ppl"}) of every member on the first `size` examples (None:
-        all) of splits.<split_name>, in eval mode."""
+    def measure(self, split_name: str, size: int | None = None,
+                members: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        """{"loss": [S], "acc": [S]} (text: {"loss", "ppl"}) of the members listed (None: all; the others' entries
+        are NaN) on the first `size` examples (None: all) of splits.<split_name>, in eval mode."""
+        S, split, c = len(self.seeds), getattr(self.splits, split_name), self.config
+        which, split = list(range(S)) if members is None else list(members), split if size is None else split[:size]
         if self.text:
-            tokens = getattr(self.splits, split_name)
-            tokens = tokens if size is None else tokens[:size]
-            losses = torch.tensor([evaluate_text(self.students.member(i), tokens, self.config.bptt)["loss"]
-                                   for i in range(len(self.seeds))])
-            return {"loss": losses, "ppl": losses.exp()}
-        split = getattr(self.splits, split_name)
-        split = split if size is None else split[:size]
-        logits = predict(self.students, split.x)
-        loss = cross_entropy(logits, split.y.expand(len(logits), -1)).mean(1)
-        return {"loss": loss.cpu(), "acc": (logits.argmax(-1) == split.y).float().mean(1).cpu()}
+            loss = torch.tensor([evaluate_text(self.students.member(i), split, c.bptt)["loss"] for i in which])
+            values = {"loss": loss, "ppl": loss.exp()}
+        else:
+            logits = predict(self.students, split.x, members=None if len(which) == S else which)
+            loss = cross_entropy(logits, split.y.expand(len(logits), -1)).mean(1)
+            values = {"loss": loss.cpu(), "acc": (logits.argmax(-1) == split.y).float().mean(1).cpu()}
+        return {k: torch.full((S,), math.nan).index_put_((torch.tensor(which),), v.float()) for k, v in values.items()}
 
     def evaluate(self) -> None:
         """Log dev (and, with eval_test, test) metrics of every live member at this step; then after_eval."""
@@ -302,9 +302,9 @@ class Run:
         if not live:
             return
         c = self.config
-        results = {f"dev_{k}": v for k, v in self.measure("dev", c.eval_size).items()}
+        results = {f"dev_{k}": v for k, v in self.measure("dev", c.eval_size, live).items()}
         if c.eval_test and (c.test_every is None or self.step % c.test_every == 0):
-            results.update({f"test_{k}": v for k, v in self.measure("test", c.eval_size).items()})
+            results.update({f"test_{k}": v for k, v in self.measure("test", c.eval_size, live).items()})
         for i in live:
             lr = c.lr_at(max(self.step - 1, 0)) * self.lr_mult[i]
             self.traces[i].log(self.step, lr=lr, **{k: float(v[i]) for k, v in results.items()})
@@ -322,7 +322,7 @@ class Run:
                                                                     self.splits.num_classes))
 
     def _final_metrics(self, members: list[int]) -> None:
-        dev, test = self.measure("dev"), self.measure("test")
+        dev, test = self.measure("dev", members=members), self.measure("test", members=members)
         for i in members:
             tr, done = self.traces[i], self.step
             tr.log(done, **{f"dev_{k}": float(v[i]) for k, v in dev.items()})

@@ -2,7 +2,8 @@
 
 Small students on a CPU are overhead-bound, so S of them in one batched model train much faster than S one
 after another. Every population maps a batch per member, x [S, B, ...], or one batch shared by all members,
-x [B, ...], to logits [S, B, C]:
+x [B, ...], to logits [S, B, C]; `forward(x, members=...)` computes only the members listed (logits [k, B, C], in
+that order; x per member is still [S, B, ...]): an evaluation skips the members that have stopped.
 
 | class          | how                                               | for                     |
 |----------------|---------------------------------------------------|-------------------------|
@@ -30,7 +31,8 @@ from .models import BATCHED, LeNet, MLP, build, cpu_layout
 
 
 class Population(nn.Module):
-    """Base: `size` members; forward(x [S, B, ...] or [B, ...]) -> logits [S, B, C]."""
+    """Base: `size` members; forward(x [S, B, ...] or [B, ...], members=None) -> logits [S, B, C] (members given:
+    [len(members), B, C])."""
 
     size: int
     stateful = False
@@ -47,6 +49,16 @@ class Population(nn.Module):
         coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         self._scale_grads(coef)
         return norms
+
+    def _which(self, members: Sequence[int] | None) -> list[int]:
+        """The member indices a forward computes (None: all), checked."""
+        if members is None:
+            return list(range(self.size))
+        bad = [i for i in members if not 0 <= i < self.size]
+        if bad or not members:
+            raise ValueError(f"members={list(members)!r} is not allowed: give a non-empty list of indices in "
+                             f"[0, {self.size})")
+        return list(members)
 
     def _per_member(self, x: torch.Tensor) -> bool:
         """True when x carries a member dimension ([S, B, ...]), False when it is shared ([B, ...])."""
@@ -77,12 +89,12 @@ class Looped(Population):
         return self.members[i]
 
     def forward(self, x: torch.Tensor, restart: torch.Tensor | None = None,
-                dropout_seeds: Sequence[int] | None = None) -> torch.Tensor:
+                dropout_seeds: Sequence[int] | None = None, members: Sequence[int] | None = None) -> torch.Tensor:
         """x [S, B, ...] or [B, ...] (stateful: tokens [S, L, B] or [L, B]) -> [S, B, C] (stateful: [S, L·B, V])."""
         per_member = self._per_member(x)
         outs = []
-        for i, m in enumerate(self.members):
-            xi = x[i] if per_member else x
+        for i in self._which(members):
+            m, xi = self.members[i], x[i] if per_member else x
             context = _dropout_seed(dropout_seeds[i], xi.device) if dropout_seeds else contextlib.nullcontext()
             with context:
                 if self.stateful:
@@ -158,14 +170,17 @@ class StackedMLP(_Stacked):
         self.biases = nn.ParameterList(nn.Parameter(torch.stack([get(m).bias.detach() for m in members]))
                                        for get in layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
         """x [S, B, ...] or [B, ...] -> logits [S, B, C]; the example is flattened, as `MLP` does."""
+        which = None if members is None else torch.tensor(self._which(members), device=x.device)
         if self._per_member(x):
-            h = x.flatten(2)
+            h = x.flatten(2) if which is None else x[which].flatten(2)
         else:
-            h = x.flatten(1).expand(self.size, -1, -1)
+            h = x.flatten(1).expand(self.size if which is None else len(which), -1, -1)
         last = len(self.weights) - 1
         for l, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if which is not None:
+                w, b = w[which], b[which]
             h = torch.baddbmm(b.unsqueeze(1), h, w)
             if l < last:
                 h = torch.tanh(h)
@@ -204,15 +219,17 @@ class GroupedLeNet(_Stacked):
         self.in_shape, self.num_classes = first.in_shape, first.out.out_features
         object.__setattr__(self, "_template", LeNet(self.in_shape, self.num_classes).to("meta"))  # not a submodule
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
         """x [S, B, C, H, W] or [B, C, H, W] -> logits [S, B, classes]."""
-        S, per_member = self.size, self._per_member(x)
+        S, per_member, which = self.size, self._per_member(x), self._which(members)
         if not self.training and x.device.type == "cpu" and x.shape[int(per_member)] > 128:
             # Why: on a CPU, oneDNN's grouped convolutions fall behind S plain ones as the batch grows; 4 members
             # in eval mode took 8.8-10.9 ms grouped against 10.7-13.3 ms one by one at batch 32, about the same at
             # 128, 193-234 against 106-114 ms at 512 (2 cores, torch 2.14, three runs of
             # benchmarks/bench_population.py --cpu-choices).
-            return torch.stack([self._member_logits(i, x[i] if per_member else x) for i in range(S)])
+            return torch.stack([self._member_logits(i, x[i] if per_member else x) for i in which])
+        if members is not None:
+            return self(x)[which]
         if per_member:
             b = x.shape[1]
             x = x.transpose(0, 1).reshape(b, S * x.shape[2], *x.shape[3:])
@@ -270,10 +287,12 @@ class Vmapped(_Stacked):
         return (dict(zip(self.names, self.stacked)),
                 {n: getattr(self, f"buffer_{i}") for i, n in enumerate(self.buffer_names)})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: Sequence[int] | None = None) -> torch.Tensor:
         """x [S, B, ...] or [B, ...] -> logits [S, B, C]."""
         from torch.func import functional_call, vmap
 
+        if members is not None:
+            return self(x)[self._which(members)]
         template = self._template.train(self.training)
         params, buffers = self._state()
         x_dim = 0 if self._per_member(x) else None

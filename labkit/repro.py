@@ -248,6 +248,18 @@ def describe_error(exc: BaseException) -> str:
             f"{getattr(exc, 'ename', '')}: {getattr(exc, 'evalue', '')}")
 
 
+# Imported by nbformat's jsonschema (papermill, plotly) only to check the "iri" format, which no notebook file or
+# figure uses; at import it compiles Lark grammars for 1-2 s (jsonschema issue 1428; benchmarks/bench_runner.py).
+# labkit's runner blocks it in its own kernels and in the process that runs them, nowhere else.
+SKIPPED_IMPORTS = ("rfc3987_syntax",)
+
+
+def skip_slow_imports() -> None:
+    """Make the modules of SKIPPED_IMPORTS unimportable in this process (jsonschema then skips that check)."""
+    for name in SKIPPED_IMPORTS:
+        sys.modules.setdefault(name, None)
+
+
 @lru_cache(maxsize=1)
 def _kernel_base() -> type:
     from jupyter_client import AsyncKernelManager
@@ -278,6 +290,8 @@ def _kernel_base() -> type:
 
         async def start_kernel(self, **kw):
             kw.update(env={**os.environ, **self.run_env}, cwd=self.run_cwd)
+            skip = "; ".join(f"__import__('sys').modules.setdefault({n!r}, None)" for n in SKIPPED_IMPORTS)
+            kw["extra_arguments"] = [*kw.get("extra_arguments", []), f"--IPKernelApp.exec_lines={skip}"]
             with open(self.run_log, "ab") as log:   # the child keeps its own copy of the descriptor
                 kw.update(stdout=log, stderr=log)
                 return await super().start_kernel(**kw)
@@ -307,6 +321,7 @@ def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: 
     """Execute `notebook` with parameters preset, seed, out_dir into its run folder (see module docstring).
     env: variables for the kernel on top of this process's (LABKIT_STATIC=1 always); cwd: the kernel's working
     folder (default: the notebook's)."""
+    skip_slow_imports()
     import papermill as pm
 
     stem = notebook.stem
@@ -318,9 +333,11 @@ def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: 
     start = time.perf_counter()
     try:
         with quiet_kernel(log, cwd or notebook.parent, dict(env or {}, LABKIT_STATIC="1")) as manager:
+            # shutdown_kernel: the run's files are written when its last cell ends; a graceful shutdown then waits
+            # for the kernel's interpreter to exit (benchmarks/bench_runner.py)
             pm.execute_notebook(str(notebook), str(partial), kernel_name=kernel, kernel_manager_class=manager,
                                 parameters=dict(preset=preset, seed=int(seed), out_dir=str(directory.resolve())),
-                                progress_bar=False, log_output=False)
+                                progress_bar=False, log_output=False, shutdown_kernel="immediate")
         if not (directory / METRICS_FILE).is_file():
             raise RuntimeError(f"the notebook ran to the end but wrote no {METRICS_FILE} into out_dir")
         if html:

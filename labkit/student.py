@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -112,18 +113,21 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None,
+            members: Sequence[int] | None = None) -> torch.Tensor:
     """Logits of `model` on inputs x [N, ...] in eval mode (its mode is restored): [N, C] for a plain model,
-    [S, N, C] for a `labkit.population.Population`. batch_size: examples per forward (None: 512 on a CPU, where a
+    [S, N, C] for a `labkit.population.Population` ([len(members), N, C] for the members listed, in that order;
+    a population only). batch_size: examples per forward (None: 512 on a CPU, where a
     LeNet population's larger chunks fall out of the cache: 4 LeNets on 1000 images took 194-239 ms in chunks of
     512 against 259-312 ms in one, while 8 MLPs 784-500-10 on 2503 images took the same either way; three runs of
     benchmarks/bench_population.py --cpu-choices. 4096 elsewhere)."""
     batch_size = batch_size or (512 if x.device.type == "cpu" else 4096)
     was_training = model.training
     model.eval()
+    kwargs = {} if members is None else {"members": members}
     try:
-        outs = [upcast(model(chunk)) for chunk in x.split(batch_size)]
-        PASSES.add(forward=len(x) * getattr(model, "size", 1))
+        outs = [upcast(model(chunk, **kwargs)) for chunk in x.split(batch_size)]
+        PASSES.add(forward=len(x) * (getattr(model, "size", 1) if members is None else len(members)))
         return torch.cat(outs, dim=outs[0].dim() - 2)  # [N, C] for a model, [S, N, C] for a population
     finally:
         model.train(was_training)

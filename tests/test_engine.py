@@ -105,6 +105,31 @@ def test_a_population_trains_as_its_members_would_alone(model, shape):
             torch.testing.assert_close(student.predict(run.students, inputs), alone)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "lenet", "looped", "vmapped"])
+def test_an_evaluation_of_some_members_gives_their_logits_and_skips_the_others(kind):
+    """predict(..., members=) is what the engine's evaluations use to skip members that have stopped: each listed
+    member's logits as in the whole population's (grouped and member-by-member LeNet paths, shared and per-member
+    inputs); Run.measure gives the others NaN; a bad index is refused by name."""
+    from labkit.population import Vmapped
+
+    name = "lenet" if kind == "lenet" else "mlp"
+    kwargs = {} if name == "lenet" else {"hidden": (32,)}
+    pop = (Vmapped([models.build(name, (1, 28, 28), 10, seed=s, **kwargs) for s in range(4)], 3) if kind == "vmapped"
+           else population(name, (1, 28, 28), 10, [0, 1, 2, 3], batched=False if kind == "looped" else None, **kwargs))
+    assert isinstance(pop, {"mlp": StackedMLP, "lenet": GroupedLeNet, "looped": Looped, "vmapped": Vmapped}[kind])
+    x = toy().dev.x
+    for xs in (x[:8], x[:200], x[:8].expand(4, 8, 1, 28, 28)):
+        full = student.predict(pop, xs)
+        torch.testing.assert_close(student.predict(pop, xs, members=[3, 1]), full[[3, 1]], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"members=\[4\]"):
+        student.predict(pop, x[:8], members=[4])
+    run = engine.Run(toy(), replace(CFG, model=name, model_kwargs=kwargs), [0, 1, 2])
+    every, some = run.measure("dev"), run.measure("dev", members=[2])
+    assert some["acc"][:2].isnan().all() and some["loss"][:2].isnan().all()
+    torch.testing.assert_close(some["loss"][2], every["loss"][2])
+    assert some["acc"][2] == every["acc"][2]
+
+
 def test_roles_separate_streams_and_seeds_repeat():
     a = seeds.derive(0, "deploy", "init")
     assert a == seeds.derive(0, "deploy", "init") and a != seeds.derive(0, "teach", "init")

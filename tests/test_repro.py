@@ -70,7 +70,8 @@ def test_names_and_presets(tmp_path):
 def test_failure_reported_others_go_on_then_resume(tmp_path, capfd):
     nbs, out = tmp_path / "notebooks", tmp_path / "runs"
     nbs.mkdir()
-    write_notebook(nbs / "00_good.ipynb", "os.write(2, b'noise from the kernel process\\n')\nfinish()")
+    write_notebook(nbs / "00_good.ipynb", "os.write(2, b'noise from the kernel process\\n')\nimport sys\n"
+                   "finish(skipped=sys.modules.get('rfc3987_syntax', 'absent') is None)")
     write_notebook(nbs / "01_bad.ipynb", "x = 1\nraise RuntimeError('boom at seed %d' % seed)")
     write_notebook(nbs / "02_silent.ipynb", "pass  # runs to the end but writes no metrics.json")
     write_notebook(nbs / "03_good.ipynb", "finish()")
@@ -91,6 +92,7 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capfd):
             assert (d / f"{stem}.html").is_file() and not list(d.glob("*.partial.ipynb"))
             m = metrics(out, stem, seed)
             assert (m["preset"], m["seed"], m["static"]) == ("smoke", seed, "1")   # parameters and env passed
+            assert m.get("skipped", stem == "03_good") is True   # the runner's kernel blocks SKIPPED_IMPORTS
     for stem in ("01_bad", "02_silent"):
         d = repro.run_dir(out, stem, "smoke", 0)
         assert not repro.is_complete(d, stem) and not (d / "metrics.json").exists()

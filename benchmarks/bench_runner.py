@@ -1,0 +1,90 @@
+"""The fixed costs of one `labkit reproduce` run, each against its alternative, in one run:
+
+- `import plotly.io._renderers` in a fresh interpreter (every kernel that shows a figure pays it: it imports
+  nbformat, nbformat jsonschema, and jsonschema `rfc3987_syntax`, which compiles Lark grammars at import), with
+  `rfc3987_syntax` importable against blocked as `labkit.repro.skip_slow_imports` blocks it;
+- a small notebook (imports labkit's plotting, holds `--hold-mb` of tensors, draws one figure) run by papermill in
+  labkit's runner kernel, shut down gracefully against immediately: the seconds from its last cell's end to
+  papermill's return, and the whole run.
+
+Rounds interleaved; prints every round and the median of each variant.
+
+    python benchmarks/bench_runner.py [--rounds 5] [--hold-mb 1000]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+from labkit import repro
+
+CELL = """import torch
+import labkit
+import plotly.graph_objects as go
+from labkit import plots
+plots.setup_notebook()
+held = [torch.randn(1024, 256) for _ in range({blocks})]   # 1 MB each: a trained notebook's heap
+go.Figure(go.Scatter(y=[1, 3, 2])).show()"""
+
+
+def import_seconds(blocked: bool) -> float:
+    skip = "import sys; sys.modules['rfc3987_syntax'] = None; " if blocked else ""
+    code = f"{skip}import time; t = time.perf_counter(); import plotly.io._renderers; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def notebook(path: Path, hold_mb: int) -> None:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    params = nbformat.v4.new_code_cell("preset = 'smoke'", metadata={"tags": ["parameters"]})
+    nb.cells = [params, nbformat.v4.new_code_cell(CELL.format(blocks=hold_mb))]
+    nbformat.write(nb, path)
+
+
+def shutdown_seconds(path: Path, mode: str) -> tuple[float, float]:
+    """(last cell's end to papermill's return, the whole run) in seconds, shutting the kernel down by `mode`."""
+    import papermill as pm
+
+    out = path.with_name(f"out-{mode}.ipynb")
+    start = time.time()
+    with repro.quiet_kernel(path.with_name("kernel.log"), path.parent) as manager:
+        pm.execute_notebook(str(path), str(out), kernel_name="python3", kernel_manager_class=manager,
+                            progress_bar=False, log_output=False, shutdown_kernel=mode)
+    end = time.time()
+    last = nbformat.read(out, as_version=4).cells[-1].metadata.papermill.end_time
+    return end - dt.datetime.fromisoformat(last).timestamp(), end - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--hold-mb", type=int, default=1000, help="tensors the notebook's kernel holds, in MB")
+    args = parser.parse_args()
+    times: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "small.ipynb"
+        notebook(path, args.hold_mb)
+        for r in range(args.rounds):
+            for blocked in (False, True):
+                state = "blocked" if blocked else "importable"
+                times.setdefault(f"import plotly.io._renderers, rfc3987_syntax {state}", []).append(import_seconds(blocked))
+            for mode in ("graceful", "immediate"):
+                gap, whole = shutdown_seconds(path, mode)
+                times.setdefault(f"{mode} shutdown: last cell's end to return", []).append(gap)
+                times.setdefault(f"{mode} shutdown: whole run", []).append(whole)
+            print(f"round {r + 1}: " + json.dumps({k: round(v[-1], 2) for k, v in times.items()}), flush=True)
+    for name, values in times.items():
+        print(f"{name:55s} median {statistics.median(values):5.2f} s  (range {min(values):.2f}-{max(values):.2f})")
+
+
+if __name__ == "__main__":
+    main()
