@@ -5,11 +5,14 @@
   `rfc3987_syntax` importable against blocked as `labkit.repro.skip_slow_imports` blocks it;
 - a small notebook (imports labkit's plotting, holds `--hold-mb` of tensors, draws one figure) run by papermill in
   labkit's runner kernel, shut down gracefully against immediately: the seconds from its last cell's end to
-  papermill's return, and the whole run.
+  papermill's return, and the whole run;
+- a notebook of `--cells` quick cells after one that embeds plotly.js in its output (as notebook 01's first figure
+  does), run by papermill's own engine (it saves the whole notebook at every cell's start and end) against
+  labkit's (at most every `repro.SAVE_EVERY_S` seconds): the whole run.
 
 Rounds interleaved; prints every round and the median of each variant.
 
-    python benchmarks/bench_runner.py [--rounds 5] [--hold-mb 1000]
+    python benchmarks/bench_runner.py [--rounds 5] [--hold-mb 1000] [--cells 30]
 """
 from __future__ import annotations
 
@@ -50,6 +53,27 @@ def notebook(path: Path, hold_mb: int) -> None:
     nbformat.write(nb, path)
 
 
+def many_cells(path: Path, cells: int) -> None:
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    embed = ("from IPython.display import HTML, display\nimport plotly.offline\n"
+             "display(HTML(plotly.offline.get_plotlyjs()))")   # what an offline figure's first output holds
+    nb.cells = [nbformat.v4.new_code_cell(embed)] + [nbformat.v4.new_code_cell("x = 1") for _ in range(cells)]
+    nbformat.write(nb, path)
+
+
+def engine_seconds(path: Path, engine: str) -> float:
+    """The whole papermill run of `path` with engine `engine` ("nbclient": papermill's; "labkit": labkit's)."""
+    import papermill as pm
+
+    start = time.time()
+    with repro.quiet_kernel(path.with_name("kernel.log"), path.parent) as manager:
+        pm.execute_notebook(str(path), str(path.with_name(f"out-{engine}.ipynb")), kernel_name="python3",
+                            kernel_manager_class=manager, progress_bar=False, log_output=False,
+                            shutdown_kernel="immediate", engine_name=engine)
+    return time.time() - start
+
+
 def shutdown_seconds(path: Path, mode: str) -> tuple[float, float]:
     """(last cell's end to papermill's return, the whole run) in seconds, shutting the kernel down by `mode`."""
     import papermill as pm
@@ -68,11 +92,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--hold-mb", type=int, default=1000, help="tensors the notebook's kernel holds, in MB")
+    parser.add_argument("--cells", type=int, default=30, help="quick cells after the one that embeds plotly.js")
     args = parser.parse_args()
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "small.ipynb"
+        path, cells = Path(tmp) / "small.ipynb", Path(tmp) / "cells.ipynb"
         notebook(path, args.hold_mb)
+        many_cells(cells, args.cells)
+        engines = {"nbclient": "papermill's engine", repro._engine(): "labkit's engine"}
         for r in range(args.rounds):
             for blocked in (False, True):
                 state = "blocked" if blocked else "importable"
@@ -81,6 +108,8 @@ def main() -> None:
                 gap, whole = shutdown_seconds(path, mode)
                 times.setdefault(f"{mode} shutdown: last cell's end to return", []).append(gap)
                 times.setdefault(f"{mode} shutdown: whole run", []).append(whole)
+            for engine, label in engines.items():
+                times.setdefault(f"{args.cells + 1} cells, {label}: whole run", []).append(engine_seconds(cells, engine))
             print(f"round {r + 1}: " + json.dumps({k: round(v[-1], 2) for k, v in times.items()}), flush=True)
     for name, values in times.items():
         print(f"{name:55s} median {statistics.median(values):5.2f} s  (range {min(values):.2f}-{max(values):.2f})")

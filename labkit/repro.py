@@ -260,6 +260,45 @@ def skip_slow_imports() -> None:
         sys.modules.setdefault(name, None)
 
 
+SAVE_EVERY_S = 10.0   # the executed notebook is saved at most this often between cells (and at the start and end)
+
+
+@lru_cache(maxsize=1)
+def _engine() -> str:
+    """The name of papermill's nbclient engine with sparser saves, registered on first use. Why: papermill writes the
+    whole executed notebook at every cell's start and end, and once a notebook embeds plotly.js (notebook 01: 7 MB)
+    each write takes about 0.1 s, some 5 s of a 2-minute run (benchmarks/bench_runner.py); a partial notebook at
+    most SAVE_EVERY_S old still shows a long run's progress, and the last write (the end, or a failure) is kept."""
+    from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+    class SparseSaves(NotebookExecutionManager):
+        saved = False
+
+        def save(self, **kwargs):
+            since = (self.now() - self.last_save_time).total_seconds()
+            if not self.saved or self.end_time is not None or since >= SAVE_EVERY_S:
+                self.saved = True
+                super().save(**kwargs)
+
+    class Engine(NBClientEngine):
+        @classmethod
+        def execute_notebook(cls, nb, kernel_name, output_path=None, progress_bar=True, log_output=False,
+                             autosave_cell_every=30, **kwargs):
+            # papermill's Engine.execute_notebook with SparseSaves for its NotebookExecutionManager
+            manager = SparseSaves(nb, output_path=output_path, progress_bar=progress_bar, log_output=log_output,
+                                  autosave_cell_every=autosave_cell_every)
+            manager.notebook_start()
+            try:
+                cls.execute_managed_notebook(manager, kernel_name, log_output=log_output, **kwargs)
+            finally:
+                manager.cleanup_pbar()
+                manager.notebook_complete()
+            return manager.nb
+
+    papermill_engines.register("labkit", Engine)
+    return "labkit"
+
+
 @lru_cache(maxsize=1)
 def _kernel_base() -> type:
     from jupyter_client import AsyncKernelManager
@@ -337,7 +376,8 @@ def run_one(notebook: Path, preset: str, seed: int, out: str | Path, *, kernel: 
             # for the kernel's interpreter to exit (benchmarks/bench_runner.py)
             pm.execute_notebook(str(notebook), str(partial), kernel_name=kernel, kernel_manager_class=manager,
                                 parameters=dict(preset=preset, seed=int(seed), out_dir=str(directory.resolve())),
-                                progress_bar=False, log_output=False, shutdown_kernel="immediate")
+                                progress_bar=False, log_output=False, shutdown_kernel="immediate",
+                                engine_name=_engine())
         if not (directory / METRICS_FILE).is_file():
             raise RuntimeError(f"the notebook ran to the end but wrote no {METRICS_FILE} into out_dir")
         if html:

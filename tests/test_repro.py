@@ -117,6 +117,33 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capfd):
     assert "01_bad/smoke/seed-0/01_bad.failed.ipynb" in text.split("Failed runs")[1]
 
 
+@pytest.mark.notebook   # executes a tiny notebook with papermill, twice (about 10 s)
+def test_the_runner_saves_the_executed_notebook_at_its_start_and_end_not_at_every_cell(tmp_path, monkeypatch):
+    import papermill as pm
+    from papermill import engines
+
+    writes: list[int] = []
+    real_write = engines.write_ipynb
+    monkeypatch.setattr(engines, "write_ipynb", lambda nb, path: writes.append(
+        sum(bool(c.get("outputs")) for c in nb.cells)) or real_write(nb, path))
+    write_notebook(tmp_path / "nb.ipynb", "finish()\n" + "\n".join(f"print({i})" for i in range(3)))
+    nb = nbformat.read(tmp_path / "nb.ipynb", as_version=4)
+    nb.cells += [nbformat.v4.new_code_cell(f"print({i})") for i in range(8)]
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    for engine in ("nbclient", repro._engine()):
+        writes.clear()
+        with repro.quiet_kernel(tmp_path / "kernel.log", tmp_path) as manager:
+            pm.execute_notebook(str(tmp_path / "nb.ipynb"), str(tmp_path / f"{engine}.ipynb"), kernel_name="python3",
+                                kernel_manager_class=manager, progress_bar=False, engine_name=engine,
+                                parameters=dict(out_dir=str(tmp_path)))
+        done = nbformat.read(tmp_path / f"{engine}.ipynb", as_version=4)
+        assert sum(bool(c.get("outputs")) for c in done.cells) == 9 == writes[-1]   # the last write is complete
+        if engine == "nbclient":
+            assert len(writes) >= 2 * len(nb.cells)      # papermill's engine: at every cell's start and end
+        else:
+            assert len(writes) == 2                      # ours, on a run shorter than SAVE_EVERY_S: start and end
+
+
 @pytest.mark.notebook   # executes a tiny notebook with papermill, twice (about 20 s)
 def test_killed_process_resumes(tmp_path):
     """SIGKILL `labkit reproduce` while seed 1 runs; the rerun does only seed 1."""
