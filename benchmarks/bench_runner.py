@@ -100,16 +100,17 @@ def main() -> None:
         notebook(path, args.hold_mb)
         many_cells(cells, args.cells)
         engines = {"nbclient": "papermill's engine", repro._engine(): "labkit's engine"}
+        add = lambda name, value: times.setdefault(name, []).append(value)  # noqa: E731
         for r in range(args.rounds):
             for blocked in (False, True):
-                state = "blocked" if blocked else "importable"
-                times.setdefault(f"import plotly.io._renderers, rfc3987_syntax {state}", []).append(import_seconds(blocked))
+                add(f"import plotly.io._renderers, rfc3987_syntax {'blocked' if blocked else 'importable'}",
+                    import_seconds(blocked))
             for mode in ("graceful", "immediate"):
                 gap, whole = shutdown_seconds(path, mode)
-                times.setdefault(f"{mode} shutdown: last cell's end to return", []).append(gap)
-                times.setdefault(f"{mode} shutdown: whole run", []).append(whole)
+                add(f"{mode} shutdown: last cell's end to return", gap)
+                add(f"{mode} shutdown: whole run", whole)
             for engine, label in engines.items():
-                times.setdefault(f"{args.cells + 1} cells, {label}: whole run", []).append(engine_seconds(cells, engine))
+                add(f"{args.cells + 1} cells, {label}: whole run", engine_seconds(cells, engine))
             print(f"round {r + 1}: " + json.dumps({k: round(v[-1], 2) for k, v in times.items()}), flush=True)
     for name, values in times.items():
         print(f"{name:55s} median {statistics.median(values):5.2f} s  (range {min(values):.2f}-{max(values):.2f})")
