@@ -217,8 +217,8 @@ def build(name: str, in_shape: tuple[int, ...] | None = None, num_classes: int |
 
 def cpu_layout(model: nn.Module, name: str) -> nn.Module:
     """A LeNet on a CPU with its convolution weights in channels-last memory order (the same values). Why: oneDNN's
-    convolutions and max-pooling then run in that order; LeNet at batch 32 took 7.2-9.2 ms a training step against
-    10.0-12.0 ms, and 69-75 against 144-160 ms to classify 1000 images (2 cores, torch 2.14, three runs of
-    benchmarks/bench_population.py --cpu-choices). Results agree to float rounding."""
+    convolutions and max-pooling then run in that order; LeNet at batch 32 took 7.2-9.7 ms a training step against
+    10.0-13.2 ms, and 69-80 against 144-160 ms to classify 1000 images (2 cores, torch 2.14, four runs of
+    benchmarks/bench_population.py, its CPU choices). Results agree to float rounding."""
     on_cpu = next(model.parameters()).device.type == "cpu"
     return model.to(memory_format=torch.channels_last) if name == "lenet" and on_cpu else model

@@ -225,8 +225,8 @@ class GroupedLeNet(_Stacked):
         if not self.training and x.device.type == "cpu" and x.shape[int(per_member)] > 128:
             # Why: on a CPU, oneDNN's grouped convolutions fall behind S plain ones as the batch grows; 4 members
             # in eval mode took 8.8-10.9 ms grouped against 10.7-13.3 ms one by one at batch 32, about the same at
-            # 128, 193-234 against 106-114 ms at 512 (2 cores, torch 2.14, three runs of
-            # benchmarks/bench_population.py --cpu-choices).
+            # 128, 193-234 against 106-124 ms at 512 (2 cores, torch 2.14, four runs of
+            # benchmarks/bench_population.py, its CPU choices).
             return torch.stack([self._member_logits(i, x[i] if per_member else x) for i in which])
         if members is not None:
             return self(x)[which]

@@ -118,9 +118,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None,
     """Logits of `model` on inputs x [N, ...] in eval mode (its mode is restored): [N, C] for a plain model,
     [S, N, C] for a `labkit.population.Population` ([len(members), N, C] for the members listed, in that order;
     a population only). batch_size: examples per forward (None: 512 on a CPU, where a
-    LeNet population's larger chunks fall out of the cache: 4 LeNets on 1000 images took 194-239 ms in chunks of
-    512 against 259-312 ms in one, while 8 MLPs 784-500-10 on 2503 images took the same either way; three runs of
-    benchmarks/bench_population.py --cpu-choices. 4096 elsewhere)."""
+    LeNet population's larger chunks fall out of the cache: 4 LeNets on 1000 images took 194-247 ms in chunks of
+    512 against 259-342 ms in one, while 8 MLPs 784-500-10 on 2503 images took about the same either way; four runs
+    of benchmarks/bench_population.py, its CPU choices. 4096 elsewhere)."""
     batch_size = batch_size or (512 if x.device.type == "cpu" else 4096)
     was_training = model.training
     model.eval()
