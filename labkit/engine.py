@@ -290,7 +290,7 @@ class Run:
             loss = torch.tensor([evaluate_text(self.students.member(i), split, c.bptt)["loss"] for i in which])
             values = {"loss": loss, "ppl": loss.exp()}
         else:
-            logits = predict(self.students, split.x, members=None if len(which) == S else which)
+            logits = predict(self.students, split.x, members=None if which == list(range(S)) else which)
             loss = cross_entropy(logits, split.y.expand(len(logits), -1)).mean(1)
             values = {"loss": loss.cpu(), "acc": (logits.argmax(-1) == split.y).float().mean(1).cpu()}
         return {k: torch.full((S,), math.nan).index_put_((torch.tensor(which),), v.float()) for k, v in values.items()}

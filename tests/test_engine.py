@@ -128,6 +128,8 @@ def test_an_evaluation_of_some_members_gives_their_logits_and_skips_the_others(k
     assert some["acc"][:2].isnan().all() and some["loss"][:2].isnan().all()
     torch.testing.assert_close(some["loss"][2], every["loss"][2])
     assert some["acc"][2] == every["acc"][2]
+    reordered = run.measure("dev", members=[2, 0, 1])   # every member, listed in another order
+    torch.testing.assert_close(reordered["loss"], every["loss"])
 
 
 def test_roles_separate_streams_and_seeds_repeat():
