@@ -124,21 +124,23 @@ class KeepDrop(engine.Hooks):
         self._bind(run)
         M = run.config.batch_size
         need = [i for i in range(len(run.seeds)) if run.alive[i] and len(self.pools[i]) < M]
-        shown: dict[int, list] = {i: [] for i in need}
+        shown: dict[int, list] = {i: [] for i in need if self._records(i)}
         for _ in range(self.max_draws):
             if not need:
                 break
             index = torch.stack([next(run.streams[i]) for i in need])  # [S', shown]
             view = self._look(run, step, need, index) if self.looks else None
             keep, p = self.decide(run, need, index, view)
+            self._count(need, index, keep, p)
             for j, i in enumerate(need):
                 self.pools[i] = torch.cat([self.pools[i], index[j][keep[j]]])
-                shown[i].append((index[j], keep[j], p[j], None if view is None else view[j]))
+                if i in shown:
+                    shown[i].append((index[j], keep[j], p[j], None if view is None else view[j]))
             need = [i for i in need if len(self.pools[i]) < M]
         for i in need:
             self.stalled[i] = step
             run.stop(i, f"stalled: the policy kept {len(self.pools[i])} of M = {M} in {self.max_draws} draws")
-        self._account(run, step, shown)
+        self._record(run, step, shown)
         dummy = torch.arange(M, device=run.device)  # ended members still step inside a population: ignored
         batch = torch.stack([self.pools[i][:M] if run.alive[i] else dummy for i in range(len(run.seeds))])
         self.pools = [p[M:] if run.alive[i] else p for i, p in enumerate(self.pools)]
@@ -155,31 +157,40 @@ class KeepDrop(engine.Hooks):
         run.students.train(was)
         PASSES.add(forward=index.numel())  # what the members alone would cost
         T, log_c = self.max_steps or run.config.total_steps, math.log(run.splits.num_classes)
-        rows = [[step / T, (float(run.losses[i, :step].mean()) if step else log_c) / self.loss_norm,
-                 self.best_dev[i] / self.loss_norm] for i in need]
-        return state_features(logits[need] if part else logits, run.splits.train.y[index],
-                              torch.tensor(rows, device=x.device)[:, None])
+        f64 = dict(dtype=torch.float64, device=x.device)
+        average = run.losses[need, :step].mean(1).double() if step else torch.full((len(need),), log_c, **f64)
+        best = torch.tensor([self.best_dev[i] for i in need], **f64)
+        rows = torch.stack([torch.full_like(average, step / T), average / self.loss_norm, best / self.loss_norm], 1)
+        return state_features(logits[need] if part else logits, run.splits.train.y[index], rows.float()[:, None])
 
     def decide(self, run: engine.Run, members: list[int], index: torch.Tensor, view: torch.Tensor | None) -> Decision:
         """keep [S', n] bool and p_keep [S', n] for the shown examples index [S', n] of `members` (view: their g(s)
         [S', n, 2C + 5] when the policy `looks`, else None)."""
         raise NotImplementedError
 
-    def _account(self, run: engine.Run, step: int, shown: dict[int, list]) -> None:
+    def _records(self, i: int) -> bool:
+        return self.record == "all" or (self.record == "first" and i == 0)
+
+    def _count(self, members: list[int], index: torch.Tensor, keep: torch.Tensor, p: torch.Tensor) -> None:
+        """Add one draw (index, keep, p [S', n] of `members`) to counts and window, as [S', 7] sums in one go (why:
+        seven small sums a member, each read back to Python, cost an MLP student's step more than its draw did)."""
+        bad = self.run.splits.train.corrupted[index]
+        c = torch.stack([torch.ones_like(p), keep, p, bad, keep & bad, ~bad, keep & ~bad], -1).double().sum(1).cpu()
+        rows = torch.tensor(members)
+        self.counts.index_add_(0, rows, c)
+        self.window.index_add_(0, rows, c[:, 3:])
+
+    def _record(self, run: engine.Run, step: int, shown: dict[int, list]) -> None:
+        """Per step, the recorded members' shown examples: index, keep_mask, p_keep, labels (+ corrupted, and with a
+        look the student's loss and margin)."""
         for i, draws in ((i, d) for i, d in shown.items() if d):
             index, keep, p = (torch.cat([d[k] for d in draws]) for k in range(3))
-            bad = run.splits.train.corrupted[index]
-            c = torch.tensor([float(v) for v in (len(keep), keep.sum(), p.sum(), bad.sum(), (keep & bad).sum(),
-                                                 (~bad).sum(), (keep & ~bad).sum())], dtype=torch.float64)
-            self.counts[i] += c
-            self.window[i] += c[3:]
-            if self.record == "all" or (self.record == "first" and i == 0):
-                extra = dict(corrupted=bad) if run.splits.train.clean_y is not None else {}
-                if draws[0][3] is not None:
-                    view = torch.cat([d[3] for d in draws])
-                    extra.update(student_loss=view[:, -2], margin=view[:, -1])
-                run.traces[i].log_array(step + 1, index=index, keep_mask=keep, p_keep=p,
-                                        labels=run.splits.train.y[index], **extra)
+            extra = dict(corrupted=run.splits.train.corrupted[index]) if run.splits.train.clean_y is not None else {}
+            if draws[0][3] is not None:
+                view = torch.cat([d[3] for d in draws])
+                extra.update(student_loss=view[:, -2], margin=view[:, -1])
+            run.traces[i].log_array(step + 1, index=index, keep_mask=keep, p_keep=p, labels=run.splits.train.y[index],
+                                    **extra)
 
     def after_eval(self, run: engine.Run, step: int) -> None:
         for i in (i for i, a in enumerate(run.alive) if a):

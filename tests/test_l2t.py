@@ -192,6 +192,17 @@ def test_a_member_of_a_population_draws_what_it_would_draw_alone():
     assert not np.array_equal(together[0].arrays["index"]["value"][3], alone.arrays["index"]["value"][3])
 
 
+def test_each_members_keep_counts_are_its_own_recorded_decisions():
+    splits = blobs(noise=0.4)
+    traces = l2t.deploy_policy(l2t.TeacherPolicy(fixed_teacher(label_weights=[1.0, 0.5, -0.5, -1.0]), sample=True,
+                                                 **l2t._common(CFG, "all")), splits, CFG, [0, 1, 2])
+    for tr in traces:  # every draw of every step is recorded with record="all"
+        keep, p, bad = (np.concatenate(tr.arrays[k]["value"]) for k in ("keep_mask", "p_keep", "corrupted"))
+        assert tr.metrics["keep_rate"] == keep.mean() and tr.metrics["p_keep_mean"] == pytest.approx(p.mean(), 1e-6)
+        assert tr.metrics["keep_rate_corrupted"] == keep[bad].mean() and tr.metrics["keep_rate_clean"] == keep[~bad].mean()
+    assert len({tr.metrics["keep_rate"] for tr in traces}) == 3  # sampled decisions: the members differ
+
+
 def test_spl_keeps_low_loss_and_the_oracle_drops_exactly_the_corrupted():
     splits = blobs(noise=0.4)
     kw = l2t._common(CFG, "all")
