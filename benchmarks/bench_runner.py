@@ -1,5 +1,7 @@
 """The fixed costs of one `labkit reproduce` run, each against its alternative, in one run:
 
+- the runner's own start, `import labkit.cli, labkit.repro, labkit.dispatch` in a fresh interpreter, as it is
+  (torch is imported only by the kernels) against the same with `import torch` (as it was before);
 - `import plotly.io._renderers` in a fresh interpreter (every kernel that shows a figure pays it: it imports
   nbformat, nbformat jsonschema, and jsonschema `rfc3987_syntax`, which compiles Lark grammars at import), with
   `rfc3987_syntax` importable against blocked as `labkit.repro.skip_slow_imports` blocks it;
@@ -42,6 +44,12 @@ go.Figure(go.Scatter(y=[1, 3, 2])).show()"""
 def import_seconds(blocked: bool) -> float:
     skip = "import sys; sys.modules['rfc3987_syntax'] = None; " if blocked else ""
     code = f"{skip}import time; t = time.perf_counter(); import plotly.io._renderers; print(time.perf_counter() - t)"
+    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def start_seconds(with_torch: bool) -> float:
+    imports = "import labkit.cli, labkit.repro, labkit.dispatch" + ("; import torch" if with_torch else "")
+    code = f"import time; t = time.perf_counter(); {imports}; print(time.perf_counter() - t)"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -102,6 +110,8 @@ def main() -> None:
         engines = {"nbclient": "papermill's engine", repro._engine(): "labkit's engine"}
         add = lambda name, value: times.setdefault(name, []).append(value)  # noqa: E731
         for r in range(args.rounds):
+            for with_torch in (True, False):
+                add(f"the runner's start, {'with' if with_torch else 'without'} torch", start_seconds(with_torch))
             for blocked in (False, True):
                 add(f"import plotly.io._renderers, rfc3987_syntax {'blocked' if blocked else 'importable'}",
                     import_seconds(blocked))

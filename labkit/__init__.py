@@ -5,8 +5,8 @@
     trace = labkit.fit("mlp", splits, steps=2000, batch_size=128, lr=0.1, schedule="cosine", seed=0)
     print(trace.metrics["test_acc"])
 
-Everything loads on first use (`labkit.dlf`, `labkit.fit`, ...), so `import labkit` itself is light (the runner,
-`labkit.repro`, still imports torch through the seed contract and the Trace).
+Everything loads on first use (`labkit.dlf`, `labkit.fit`, ...), so `import labkit` itself is light, and the
+runner's own process (`labkit reproduce`, `labkit report`) never imports torch: only the notebooks' kernels do.
 """
 import importlib
 

@@ -24,7 +24,7 @@ from . import seeds as seeding
 from .checks import check_float, check_int
 from .data import Splits
 from .student import StudentConfig, counting
-from .trace import Trace, metric_values
+from .trace import Trace, metric_values, progress
 
 BASELINE = "ce"
 
@@ -259,7 +259,7 @@ def run(splits: Splits, cfg: Config, seed: int, *, progress_bar: bool | None = N
     seeds = seeding.deployment_seeds(seed, cfg.deployments)
     jobs = [(s, m) for s in cfg.scenarios for m in cfg.methods]
     results: dict[str, dict[str, Outcome]] = {s: {} for s in cfg.scenarios}
-    for scenario, method in engine.progress(jobs, total=len(jobs), desc="arena", enabled=progress_bar):
+    for scenario, method in progress(jobs, total=len(jobs), desc="arena", enabled=progress_bar):
         splits_s = scenario_splits(splits, cfg.scenarios[scenario], seed)
         entry = METHODS[method]
         lacking = (splits_s.train.clean_y is None) if entry.needs == "corrupted" else \

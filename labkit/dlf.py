@@ -34,7 +34,7 @@ from .data import Splits
 from .dlf_model import (GATES, SURROGATES, DLFTeacher, StudentState, dlf_loss, expected_error,  # noqa: F401
                         smooth_error, student_loss, surrogate)
 from .student import StudentConfig, predict
-from .trace import Trace, metric_values
+from .trace import Trace, metric_values, progress
 
 METHOD = "l2t-dlf"
 
@@ -289,7 +289,7 @@ def train_teacher(splits: Splits, cfg: Config, seed: int, *, checkpoint_dir: str
     learner, start, step = None, 0, 0
     if path is not None and path.exists():
         learner, start, step, trace = _resume(path, teacher, opt, splits, cfg, seed)
-    for update in engine.progress(range(start, cfg.teacher_updates), total=cfg.teacher_updates, initial=start,
+    for update in progress(range(start, cfg.teacher_updates), total=cfg.teacher_updates, initial=start,
                                   desc="L2T-DLF teacher", enabled=progress_bar):
         if learner is None or cfg.restart or learner.t + cfg.window > cfg.student.steps:
             learner = _new_learner(splits, cfg, seed, 0 if learner is None else learner.index + 1, False)

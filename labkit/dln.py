@@ -30,7 +30,7 @@ from .dln_model import (HIDDEN, INITS, INPUT_WIDTH, LSTMTeacher, Weights, bce_ta
                         loss_features, loss_surface, meta_gradient, preprocess_gradients, propose, random_dln,
                         restore_buffers, surface_slopes, unflat_weights)
 from .student import StudentConfig
-from .trace import Trace
+from .trace import Trace, progress
 
 CHECKPOINT_FILE = "dln-teacher.pt"
 NAMES = {"l2t-dln": "L2T-DLN", "ce": "CE", "no-teacher": "no-teacher DLN", "l2t-dlf": "L2T-DLF"}
@@ -262,7 +262,7 @@ def train_teacher(splits: Splits, cfg: Config, seed: int, *, checkpoint_dir: str
         state = checkpoint.load(path, splits.device)
         checkpoint.check_same(checkpoint.trace_from_tensor(state["trace"]).config, teaching.trace.config, path)
         teaching.load_state_dict(state)
-    bar = engine.progress(total=cfg.teacher_updates, desc="L2T-DLN teacher", enabled=progress_bar,
+    bar = progress(total=cfg.teacher_updates, desc="L2T-DLN teacher", enabled=progress_bar,
                           initial=teaching.done)
     while teaching.done < cfg.teacher_updates:
         if teaching.run.step == cfg.student.steps:

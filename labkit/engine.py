@@ -24,7 +24,7 @@ from .checks import check_int
 from .data import IndexStream, Splits, TextSplits, WindowStream, augment_batch, batchify
 from .population import Looped, Population, population
 from .student import PASSES, StudentConfig, confusion, cross_entropy, evaluate_text, predict
-from .trace import Trace
+from .trace import Trace, progress
 
 CHECKPOINT_FILE = "engine.pt"
 
@@ -396,18 +396,6 @@ save_checkpoint, load_checkpoint = checkpoint.save, checkpoint.load
 
 
 # ---------------------------------------------------------------------- the loop
-
-def progress(iterable=None, *, total: int | None = None, desc: str = "", enabled: bool | None = None,
-             initial: int = 0):
-    """`tqdm.auto` progress bar, off when the `CI` environment variable is set (or enabled=False)."""
-    import os
-
-    from tqdm.auto import tqdm
-
-    if enabled is None:
-        enabled = not os.environ.get("CI")
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, initial=initial)
-
 
 def train(run: Run, *, checkpoint_dir: str | Path | None = None, checkpoint_every: int = 1000,
           progress_bar: bool | None = None, desc: str = "") -> list[Trace]:

@@ -35,7 +35,7 @@ from .checks import check_choice, check_float, check_int
 from .models import KNOWN_MODELS
 from .repro import experiment
 from .student import StudentConfig
-from .trace import Trace
+from .trace import Trace, progress
 from .l2t_policies import (KeepDrop, NoTeach, Oracle, RandTeach, SelfPaced, Teacher, TeacherPolicy,  # noqa: F401
                            loss_threshold_teacher, state_features)
 
@@ -211,7 +211,7 @@ def train_teacher(splits: datasets.Splits, cfg: Config, seed: int, *, checkpoint
         teacher.load_state_dict(state["teacher"])
         opt.load_state_dict(state["optimizer"])
         start, baseline, trace = state["group"], state["baseline"], Trace.from_bytes(state["trace"].numpy().tobytes())
-    bar = engine.progress(total=cfg.teacher_updates, desc="teacher", enabled=progress_bar, initial=start)
+    bar = progress(total=cfg.teacher_updates, desc="teacher", enabled=progress_bar, initial=start)
     for g in range(start, cfg.teacher_updates):
         gens = [seeding.generator(seed, seeding.TEACH, "group", g, "member", k, "sample", device=splits.device)
                 for k in range(cfg.group_size)]

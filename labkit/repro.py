@@ -415,7 +415,7 @@ def reproduce(names: Sequence[str] = (), *, preset: str = "cpu", seeds: Sequence
     Returns a Summary; `summary.ok` is False when any run failed (its error cell is in `RunResult.error`).
     """
     from .dispatch import Dispatch, Job, drive, pool
-    from .engine import progress as progress_bar
+    from .trace import progress as progress_bar
 
     check_preset(preset)
     seeds = check_seeds("seeds", seeds)

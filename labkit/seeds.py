@@ -13,8 +13,10 @@ in labkit) touches the global random state: randomness goes through `torch.Gener
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # Roles that mark who a student is. A method adds its own words after them ("teach", "episode", 17).
 DEPLOY, TEACH, TUNE = "deploy", "teach", "tune"
@@ -38,6 +40,8 @@ def derive(seed: int, *role) -> int:
 
 def generator(seed: int, *role, device: str | torch.device = "cpu") -> torch.Generator:
     """A fresh `torch.Generator` on `device` seeded with `derive(seed, *role)`."""
+    import torch  # here, not at the top: the runner's process checks seeds and never needs torch
+
     return torch.Generator(device=device).manual_seed(derive(seed, *role))
 
 

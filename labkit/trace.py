@@ -13,15 +13,21 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 TRACE_FILE = "trace.npz"
+
+
+def _torch():
+    """torch where this process imported it, else None. Why not import it: a tensor can only exist where torch was
+    imported, and the runner's process (`labkit reproduce`, `labkit report`) writes files without ever needing it."""
+    return sys.modules.get("torch")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
@@ -42,17 +48,31 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> N
         raise
 
 
+def progress(iterable=None, *, total: int | None = None, desc: str = "", enabled: bool | None = None,
+             initial: int = 0):
+    """`tqdm.auto` progress bar of a run, off when the `CI` environment variable is set (or enabled=False); here
+    beside the Trace, not in the engine, so that the runner's process shows one without importing torch."""
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = not os.environ.get("CI")
+    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=False, initial=initial)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomic JSON write (used for metrics.json)."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+    torch = _torch()
+    if torch is not None and isinstance(value, (torch.Tensor, torch.device)):
+        return str(value) if isinstance(value, torch.device) else _jsonable(_to_numpy(value))
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return np.asarray(value).tolist()
-    if isinstance(value, (Path, torch.device)):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
         return str(value)
     if isinstance(value, (set, tuple)):
         return list(value)
@@ -60,7 +80,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor):
         value = value.detach()
         if value.dtype == torch.bfloat16:
             value = value.float()

@@ -117,6 +117,22 @@ def test_failure_reported_others_go_on_then_resume(tmp_path, capfd):
     assert "01_bad/smoke/seed-0/01_bad.failed.ipynb" in text.split("Failed runs")[1]
 
 
+@pytest.mark.notebook   # executes a tiny notebook with papermill (about 5 s)
+def test_the_runners_own_process_never_imports_torch(tmp_path):
+    """Only the notebooks' kernels need torch: `labkit reproduce` and `labkit report` start without its import."""
+    write_notebook(tmp_path / "00_tiny.ipynb", "finish()")
+    runs = str(tmp_path / "runs")
+    code = ("import sys\nfrom labkit import cli\n"
+            f"assert cli.main(['reproduce', '--preset', 'smoke', '--seeds', '1', '--out', {runs!r}, "
+            f"'--notebooks', {str(tmp_path)!r}]) == 0\n"
+            f"assert cli.main(['report', {runs!r}]) == 0\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "torch imported: False"
+    assert repro.is_complete(repro.run_dir(Path(runs), "00_tiny", "smoke", 0), "00_tiny")
+
+
 @pytest.mark.notebook   # executes a tiny notebook with papermill, twice (about 10 s)
 def test_the_runner_saves_the_executed_notebook_at_its_start_and_end_not_at_every_cell(tmp_path, monkeypatch):
     import papermill as pm
