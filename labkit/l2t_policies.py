@@ -157,11 +157,13 @@ class KeepDrop(engine.Hooks):
         run.students.train(was)
         PASSES.add(forward=index.numel())  # what the members alone would cost
         T, log_c = self.max_steps or run.config.total_steps, math.log(run.splits.num_classes)
-        f64 = dict(dtype=torch.float64, device=x.device)
-        average = run.losses[need, :step].mean(1).double() if step else torch.full((len(need),), log_c, **f64)
-        best = torch.tensor([self.best_dev[i] for i in need], **f64)
+        # in float64 on the CPU, as Python's floats were: the same features, one read-back, and no float64 on the device
+        average = run.losses[need, :step].mean(1).cpu().double() if step else torch.full((len(need),), log_c,
+                                                                                            dtype=torch.float64)
+        best = torch.tensor([self.best_dev[i] for i in need], dtype=torch.float64)
         rows = torch.stack([torch.full_like(average, step / T), average / self.loss_norm, best / self.loss_norm], 1)
-        return state_features(logits[need] if part else logits, run.splits.train.y[index], rows.float()[:, None])
+        return state_features(logits[need] if part else logits, run.splits.train.y[index],
+                              rows.float().to(x.device)[:, None])
 
     def decide(self, run: engine.Run, members: list[int], index: torch.Tensor, view: torch.Tensor | None) -> Decision:
         """keep [S', n] bool and p_keep [S', n] for the shown examples index [S', n] of `members` (view: their g(s)
@@ -175,7 +177,7 @@ class KeepDrop(engine.Hooks):
         """Add one draw (index, keep, p [S', n] of `members`) to counts and window, as [S', 7] sums in one go (why:
         seven small sums a member, each read back to Python, cost an MLP student's step more than its draw did)."""
         bad = self.run.splits.train.corrupted[index]
-        c = torch.stack([torch.ones_like(p), keep, p, bad, keep & bad, ~bad, keep & ~bad], -1).double().sum(1).cpu()
+        c = torch.stack([torch.ones_like(p), keep, p, bad, keep & bad, ~bad, keep & ~bad], -1).sum(1).cpu().double()
         rows = torch.tensor(members)
         self.counts.index_add_(0, rows, c)
         self.window.index_add_(0, rows, c[:, 3:])
