@@ -290,7 +290,7 @@ def train_teacher(splits: Splits, cfg: Config, seed: int, *, checkpoint_dir: str
     if path is not None and path.exists():
         learner, start, step, trace = _resume(path, teacher, opt, splits, cfg, seed)
     for update in progress(range(start, cfg.teacher_updates), total=cfg.teacher_updates, initial=start,
-                                  desc="L2T-DLF teacher", enabled=progress_bar):
+                           desc="L2T-DLF teacher", enabled=progress_bar):
         if learner is None or cfg.restart or learner.t + cfg.window > cfg.student.steps:
             learner = _new_learner(splits, cfg, seed, 0 if learner is None else learner.index + 1, False)
         out = _window(teacher, learner, splits, cfg, trace, step)

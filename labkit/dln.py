@@ -263,7 +263,7 @@ def train_teacher(splits: Splits, cfg: Config, seed: int, *, checkpoint_dir: str
         checkpoint.check_same(checkpoint.trace_from_tensor(state["trace"]).config, teaching.trace.config, path)
         teaching.load_state_dict(state)
     bar = progress(total=cfg.teacher_updates, desc="L2T-DLN teacher", enabled=progress_bar,
-                          initial=teaching.done)
+                   initial=teaching.done)
     while teaching.done < cfg.teacher_updates:
         if teaching.run.step == cfg.student.steps:
             teaching.episode(teaching.e + 1)
