@@ -131,7 +131,7 @@ class KeepDrop(engine.Hooks):
             index = torch.stack([next(run.streams[i]) for i in need])  # [S', shown]
             view = self._look(run, step, need, index) if self.looks else None
             keep, p = self.decide(run, need, index, view)
-            self._count(need, index, keep, p)
+            self._count(run, need, index, keep, p)
             for j, i in enumerate(need):
                 self.pools[i] = torch.cat([self.pools[i], index[j][keep[j]]])
                 if i in shown:
@@ -173,10 +173,11 @@ class KeepDrop(engine.Hooks):
     def _records(self, i: int) -> bool:
         return self.record == "all" or (self.record == "first" and i == 0)
 
-    def _count(self, members: list[int], index: torch.Tensor, keep: torch.Tensor, p: torch.Tensor) -> None:
+    def _count(self, run: engine.Run, members: list[int], index: torch.Tensor, keep: torch.Tensor,
+               p: torch.Tensor) -> None:
         """Add one draw (index, keep, p [S', n] of `members`) to counts and window, as [S', 7] sums in one go (why:
         seven small sums a member, each read back to Python, cost an MLP student's step more than its draw did)."""
-        bad = self.run.splits.train.corrupted[index]
+        bad = run.splits.train.corrupted[index]
         c = torch.stack([torch.ones_like(p), keep, p, bad, keep & bad, ~bad, keep & ~bad], -1).sum(1).cpu().double()
         rows = torch.tensor(members)
         self.counts.index_add_(0, rows, c)

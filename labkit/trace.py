@@ -66,13 +66,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def _jsonable(value: Any) -> Any:
     torch = _torch()
-    if torch is not None and isinstance(value, (torch.Tensor, torch.device)):
-        return str(value) if isinstance(value, torch.device) else _jsonable(_to_numpy(value))
-    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
+    if torch is not None and isinstance(value, torch.Tensor):
+        value = _to_numpy(value)
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()   # a Python scalar for a 0-d array or a numpy scalar
+    if isinstance(value, Path) or (torch is not None and isinstance(value, torch.device)):
         return str(value)
     if isinstance(value, (set, tuple)):
         return list(value)

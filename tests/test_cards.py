@@ -142,4 +142,3 @@ def test_every_shipped_card_still_holds_its_teacher(directory):
                            "student": StudentConfig(**tuples(stored["student"]))})
     config = dict(dataclasses.asdict(cfg), **{k: stored[k] for k in ("seed", "dataset", "train_size", "scenario")})
     assert cards._teaches_alike(stored, config, cfg, getattr(module, "DEPLOYMENT_ONLY", ()))
-
